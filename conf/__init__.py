@@ -1,0 +1,1 @@
+"""Hydra configs of unipercept, shipped as package data (see `unipercept.config`)."""

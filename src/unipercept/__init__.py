@@ -1,0 +1,30 @@
+"""unipercept: unified, prompt-driven instance perception.
+
+Importing this package is cheap: it loads no torch, no Hydra, no transformers and no compiled
+op. Subpackages load on first attribute access, e.g. ``unipercept.structures.Instances``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_SUBPACKAGES = ("config", "ops", "structures")
+
+if TYPE_CHECKING:
+    from unipercept import config, ops, structures
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"unipercept.{name}")
+    raise AttributeError(f"module 'unipercept' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBPACKAGES])
+
+
+__all__ = ["__version__", "config", "ops", "structures"]

