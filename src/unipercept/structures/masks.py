@@ -7,6 +7,7 @@ ground-truth json carry and what keeps long videos small in memory.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,7 +76,10 @@ def rle_decode(rles: Sequence[RLE], image_size: tuple[int, int] | None = None) -
     sizes = {tuple(rle["size"]) for rle in rles}
     if len(sizes) != 1 or (image_size is not None and sizes != {tuple(image_size)}):
         raise ValueError(f"rles have sizes {sorted(sizes)}, expected one size {image_size}")
-    decoded = mask_utils.decode(rles)  # (H, W, N) uint8
+    with warnings.catch_warnings():
+        # pycocotools 2.0.x's decode trips numpy 2's __array__(copy=...) deprecation; harmless.
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        decoded = mask_utils.decode(rles)  # (H, W, N) uint8
     return torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1))).bool()
 
 

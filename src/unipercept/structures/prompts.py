@@ -8,6 +8,7 @@ a referring expression (rec, res, rvos) and an annotation of the target in a ref
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -57,9 +58,9 @@ class CategoryPrompt:
 
     @classmethod
     def parse(cls, caption: str) -> CategoryPrompt:
-        """Splits a caption such as ``"cat. dog. traffic light"`` (or ``"cat, dog"``) into names."""
-        separator = "." if "." in caption else ","
-        return cls(tuple(part.strip() for part in caption.split(separator) if part.strip()))
+        """Splits a caption such as ``"cat. dog. traffic light"`` into names; ``.``, ``,`` and
+        ``;`` all separate names."""
+        return cls(tuple(part.strip() for part in re.split(r"[.,;]", caption) if part.strip()))
 
     def caption(self) -> str:
         """The names joined as the text encoder reads them: ``"cat. dog."``."""

@@ -1,0 +1,33 @@
+"""Shared test helpers: the reference fixtures and the CUDA marker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``../shared/fixtures`` beside the checkout; tests using it skip when it is absent (a
+    user's fresh clone has no ``../shared``)."""
+    if not FIXTURES.is_dir():
+        pytest.skip(
+            f"reference fixtures not found at {FIXTURES} (only present beside the "
+            "project's own checkouts)"
+        )
+    return FIXTURES
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device; none is available")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
