@@ -16,7 +16,7 @@ ruff = shutil.which("ruff")
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
 def test_ruff(command):
     result = subprocess.run(
-        [ruff, *command, "src", "tests", "benchmarks", "setup.py"],
+        [ruff, *command],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
