@@ -125,3 +125,11 @@ def test_wheel_ships_the_configs(tmp_path):
     location, target = out.stdout.split()
     assert location == str(site / "unipercept" / "conf")
     assert target == "torch.optim.AdamW"
+
+
+def test_model_part_configs_build_real_modules():
+    backbone = config.instantiate(config.compose_group_option("model/backbone", "resnet50"))
+    maps = backbone(torch.zeros(1, 3, 64, 96)).feature_maps
+    assert [tuple(m.shape[2:]) for m in maps] == [(8, 12), (4, 6), (2, 3)]
+    encoder = config.instantiate(config.compose_group_option("model/text_encoder", "minilm"))
+    assert encoder.config.hidden_size == 384 and encoder.config.model_type == "bert"
