@@ -27,8 +27,8 @@ if ! "$python" -c "import torch" >/dev/null 2>&1; then
   pip_install "torch==2.13.0"
 fi
 
-# Build tools for the editable install without isolation.
-"$python" -c "import setuptools, wheel" >/dev/null 2>&1 || pip_install "setuptools>=69" wheel
+# Build tools for the editable install without isolation (ninja compiles the op in parallel).
+"$python" -c "import setuptools, wheel, ninja" >/dev/null 2>&1 || pip_install "setuptools>=69" wheel ninja
 
 pip_install --no-build-isolation -e "$here[$extras]"
 
@@ -40,4 +40,15 @@ if [ "$extras" = "eval,dev" ]; then
   # MOT15 ground truth and a tracker's output used by the evaluation agreement tests.
   pip_install --no-deps "motmetrics==1.4.0"
 fi
-echo "setup.sh: unipercept installed ($("$python" -c 'import torch; print("torch", torch.__version__)'))"
+# pip -q hides the build's own message, so say here whether the compiled op is there.
+"$python" - <<'PY'
+import torch
+from unipercept.ops import cpu_isa, msda_backend
+
+backend = msda_backend("cpu")
+if backend == "cpu":
+    op = f"compiled deformable-attention op loaded (CPU kernel: {cpu_isa()})"
+else:
+    op = "compiled deformable-attention op NOT available: using the PyTorch reference"
+print(f"setup.sh: unipercept installed with torch {torch.__version__}; {op}")
+PY

@@ -1,6 +1,21 @@
-"""Numerical ops written in-house: box suppression and RoIAlign (no torchvision)."""
+"""Numerical ops written in-house: multi-scale deformable attention (compiled, with a PyTorch
+fallback), box suppression and RoIAlign (no torchvision)."""
 
+from unipercept.ops.ms_deform_attn import (
+    cpu_isa,
+    ms_deform_attn,
+    ms_deform_attn_pytorch,
+    msda_backend,
+)
 from unipercept.ops.nms import batched_nms, nms
 from unipercept.ops.roi_align import roi_align
 
-__all__ = ["batched_nms", "nms", "roi_align"]
+__all__ = [
+    "batched_nms",
+    "cpu_isa",
+    "ms_deform_attn",
+    "ms_deform_attn_pytorch",
+    "msda_backend",
+    "nms",
+    "roi_align",
+]
