@@ -136,6 +136,8 @@ def _report_once(key: str, message: str) -> None:
         logger.warning(message)
 
 
+# A compiled graph fixes its backend when traced: the choice depends only on what is loaded.
+@torch.compiler.assume_constant_result
 def msda_backend(device: torch.device | str) -> Backend:
     """Which implementation :func:`ms_deform_attn` runs for tensors on ``device``.
 
