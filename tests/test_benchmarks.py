@@ -1,0 +1,43 @@
+"""The benchmark scripts run and write the records RESULTS.md is made from (tiny settings; the
+timings themselves are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from unipercept.ops import msda_backend
+
+from .conftest import REPO_ROOT
+
+
+def test_msda_benchmark_writes_one_record_per_implementation(tmp_path):
+    out = tmp_path / "msda.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "msda.py"),
+            "--shapes",
+            "dec-300q",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    records = json.loads(out.read_text())
+    names = {r["implementation"] for r in records}
+    assert {"unipercept-pytorch", "transformers-pytorch"} <= names
+    if msda_backend("cpu") == "cpu":
+        assert any(name.startswith("unipercept-cpu-") for name in names)
+    for record in records:
+        assert record["shape"] == "dec-300q" and record["queries"] == 300
+        assert record["fwd_ms"] > 0 and record["fwd_bwd_ms"] > 0
+    assert "dec-300q" in result.stdout
