@@ -14,7 +14,9 @@ from unipercept.structures import (
     box_iou,
     boxes_to_masks,
     clip_boxes,
+    denormalize_boxes,
     generalized_box_iou,
+    normalize_boxes,
 )
 
 
@@ -156,3 +158,12 @@ def test_boxes_rejects_bad_tensors(tensor, message):
         Boxes(tensor)
     with pytest.raises(ValueError, match="Boxes.cat needs"):
         Boxes.cat([])
+
+
+def test_normalize_and_denormalize_boxes():
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 100.0, 50.0]])
+    normalized = normalize_boxes(boxes, (50, 100))
+    torch.testing.assert_close(
+        normalized, torch.tensor([[0.2, 0.8, 0.2, 0.8], [0.5, 0.5, 1.0, 1.0]])
+    )
+    torch.testing.assert_close(denormalize_boxes(normalized, (50, 100)), boxes)

@@ -8,7 +8,9 @@ from unipercept.structures.boxes import (
     box_iou,
     boxes_to_masks,
     clip_boxes,
+    denormalize_boxes,
     generalized_box_iou,
+    normalize_boxes,
 )
 from unipercept.structures.image_batch import ImageBatch
 from unipercept.structures.instances import Instances
@@ -48,9 +50,11 @@ __all__ = [
     "box_iou",
     "boxes_to_masks",
     "clip_boxes",
+    "denormalize_boxes",
     "generalized_box_iou",
     "mask_iou",
     "masks_to_boxes",
+    "normalize_boxes",
     "paste_masks_in_image",
     "polygons_to_mask",
     "polygons_to_rle",

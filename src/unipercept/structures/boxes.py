@@ -66,6 +66,21 @@ def box_convert(boxes: Tensor, in_fmt: BoxFormat, out_fmt: BoxFormat) -> Tensor:
     return torch.stack((x1, y1, x2, y2), dim=-1)
 
 
+def normalize_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """(N, 4) xyxy pixel boxes -> (N, 4) cxcywh divided by the image's (w, h, w, h), the
+    form DETR predicts and its losses compare."""
+    height, width = image_size
+    scale = boxes.new_tensor([width, height, width, height])
+    return box_convert(boxes, "xyxy", "cxcywh") / scale
+
+
+def denormalize_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`normalize_boxes`: (..., 4) normalised cxcywh -> xyxy pixels."""
+    height, width = image_size
+    scale = boxes.new_tensor([width, height, width, height])
+    return box_convert(boxes * scale, "cxcywh", "xyxy")
+
+
 def box_area(boxes: Tensor) -> Tensor:
     """Areas of (..., 4) xyxy boxes, (...); degenerate (inverted) boxes count as 0."""
     _check_boxes(boxes)
