@@ -44,17 +44,35 @@ class HFBackbone(Backbone):
         self.model = freeze_batch_norm(model) if frozen_batch_norm else model
         self.out_channels = tuple(int(c) for c in model.channels)
         self.out_strides = self._strides(model)
+        # freeze_at alone decides what trains: a module arriving partly frozen (transformers'
+        # Deformable DETR freezes every ResNet parameter, as its name check misses "stages.N")
+        # is made trainable first.
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(True)
         self.freeze_stages(freeze_at)
 
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | Path, *, out_features: list[str] | None = None, **kwargs: Any
     ) -> HFBackbone:
-        """Loads weights by hub name or local path (``AutoBackbone.from_pretrained``)."""
-        from transformers import AutoBackbone
+        """Loads weights by hub name or local folder.
 
+        The backbone class is resolved from the folder's config: transformers 5's
+        ``AutoBackbone.from_pretrained`` asks the hub whether the name is a repository first,
+        which fails for local folders and offline machines.
+        """
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
+
+        config = AutoConfig.from_pretrained(str(name_or_path))
+        if type(config) not in MODEL_FOR_BACKBONE_MAPPING:
+            raise ValueError(
+                f"{name_or_path}: model type {config.model_type!r} has no "
+                "transformers backbone class"
+            )
         extra = {"out_features": out_features} if out_features else {}
-        return cls(model=AutoBackbone.from_pretrained(str(name_or_path), **extra), **kwargs)
+        model = MODEL_FOR_BACKBONE_MAPPING[type(config)].from_pretrained(str(name_or_path), **extra)
+        return cls(model=model, **kwargs)
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> HFBackbone:
