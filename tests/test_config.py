@@ -130,8 +130,17 @@ def test_wheel_ships_the_configs(tmp_path):
 
 
 def test_model_part_configs_build_real_modules():
+    from unipercept.modeling import DeformableDETR
+    from unipercept.modeling.backbone import HFBackbone, MobileNetV2
+
     backbone = config.instantiate(config.compose_group_option("model/backbone", "resnet50"))
-    maps = backbone(torch.zeros(1, 3, 64, 96)).feature_maps
+    assert isinstance(backbone, HFBackbone) and backbone.out_strides == (8, 16, 32)
+    maps = backbone(torch.zeros(1, 3, 64, 96))
     assert [tuple(m.shape[2:]) for m in maps] == [(8, 12), (4, 6), (2, 3)]
+    mobilenet = config.instantiate(config.compose_group_option("model/backbone", "mobilenet_v2"))
+    assert isinstance(mobilenet, MobileNetV2) and mobilenet.out_channels == (32, 96, 1280)
+    detector = config.instantiate(config.compose_group_option("model", "deformable_detr"))
+    assert isinstance(detector, DeformableDETR) and detector.box_refine
+    assert len(detector.decoder.layers) == 6
     encoder = config.instantiate(config.compose_group_option("model/text_encoder", "minilm"))
     assert encoder.config.hidden_size == 384 and encoder.config.model_type == "bert"

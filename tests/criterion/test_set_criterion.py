@@ -26,7 +26,7 @@ def test_perfect_boxes_cost_nothing_and_every_key_is_there():
         hidden_states=torch.zeros(2, 1, 2, 8),
         encoder=EncoderProposals(logits=logits[0], boxes=boxes[0]),
     )
-    losses = SetCriterion(num_classes=3, matcher=HungarianMatcher())(output, [target])
+    losses = SetCriterion(matcher=HungarianMatcher())(output, [target])
     assert set(losses) == {
         f"loss_{n}{s}" for n in ("class", "bbox", "giou") for s in ("", ".aux0", ".enc")
     }
@@ -56,7 +56,7 @@ def test_batch_size_mismatch_is_an_error():
         hidden_states=torch.zeros(1, 2, 3, 8),
     )
     with pytest.raises(ValueError, match="got 1 targets for a batch of 2"):
-        SetCriterion(num_classes=3, matcher=HungarianMatcher())(output, [Instances((10, 10))])
+        SetCriterion(matcher=HungarianMatcher())(output, [Instances((10, 10))])
 
 
 def generated_images() -> tuple[ImageBatch, list[Instances]]:
@@ -94,7 +94,7 @@ def generated_images() -> tuple[ImageBatch, list[Instances]]:
 def test_overfitting_one_batch_halves_the_loss(options):
     torch.manual_seed(0)
     model = tiny_detector(**options).train()
-    criterion = SetCriterion(num_classes=3, matcher=HungarianMatcher())
+    criterion = SetCriterion(matcher=HungarianMatcher())
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     images, targets = generated_images()
     history = []

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from torch import nn
 from transformers import ResNetConfig
 
-from unipercept.modeling import (
-    MLP,
-    DecoderLayer,
-    DeformableDecoder,
-    DeformableDETR,
-    DeformableEncoder,
-    DenoisingQueries,
-    EncoderLayer,
-    MultiScaleNeck,
-    StaticQueries,
-    TwoStageQueries,
-    detection_heads,
-)
+from unipercept.modeling import DeformableDETR, build_deformable_detr
 from unipercept.modeling.backbone import HFBackbone
 
-WIDTH = 32
+
+def tiny_backbone() -> HFBackbone:
+    config = ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    return HFBackbone.from_config(config, freeze_at=0)
 
 
 def tiny_detector(
@@ -35,49 +30,23 @@ def tiny_detector(
     decoder_layers: int = 3,
     dropout: float = 0.0,
 ) -> DeformableDETR:
-    backbone = HFBackbone.from_config(
-        ResNetConfig(
-            embedding_size=8,
-            hidden_sizes=[8, 16, 24, 32],
-            depths=[1, 1, 1, 1],
-            out_features=["stage2", "stage3", "stage4"],
-        ),
-        freeze_at=0,
-    )
-    layer_args = {
-        "hidden_dim": WIDTH,
-        "ffn_dim": 64,
-        "num_heads": 2,
-        "num_levels": 4,
-        "num_points": 2,
-        "dropout": dropout,
-    }
-    class_heads, box_heads = detection_heads(
-        num_layers=decoder_layers, hidden_dim=WIDTH, num_classes=num_classes, box_refine=box_refine
-    )
-    if two_stage:
-        queries: nn.Module = TwoStageQueries(
-            num_queries=num_queries,
-            hidden_dim=WIDTH,
-            class_head=nn.Linear(WIDTH, num_classes),
-            box_head=MLP(input_dim=WIDTH, hidden_dim=WIDTH, output_dim=4, num_layers=3),
-            mixed=mixed,
-        )
-    else:
-        queries = StaticQueries(num_queries=num_queries, hidden_dim=WIDTH)
-    return DeformableDETR(
-        backbone=backbone,
-        neck=MultiScaleNeck(in_channels=backbone.out_channels, hidden_dim=WIDTH, num_levels=4),
-        encoder=DeformableEncoder([EncoderLayer(**layer_args) for _ in range(1)]),
-        decoder=DeformableDecoder(
-            [DecoderLayer(**layer_args) for _ in range(decoder_layers)],
-            look_forward_twice=look_forward_twice,
-        ),
-        query_selection=queries,
-        class_heads=class_heads,
-        box_heads=box_heads,
+    return build_deformable_detr(
+        backbone=tiny_backbone(),
+        num_classes=num_classes,
+        hidden_dim=32,
+        num_queries=num_queries,
+        encoder_layers=1,
+        decoder_layers=decoder_layers,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_heads=2,
+        decoder_heads=2,
+        encoder_points=2,
+        decoder_points=2,
+        dropout=dropout,
         box_refine=box_refine,
-        denoising=DenoisingQueries(num_classes=num_classes, hidden_dim=WIDTH, num_groups=2)
-        if denoising
-        else None,
+        two_stage=two_stage,
+        mixed_query_selection=mixed,
+        look_forward_twice=look_forward_twice,
+        denoising_groups=2 if denoising else 0,
     )

@@ -39,7 +39,6 @@ class SetCriterion(nn.Module):
     happens once, in the trainer, with :func:`total_loss` and :attr:`weight_dict`.
 
     Args:
-        num_classes: K.
         matcher: assigns queries to targets.
         weight_dict: weight of each base loss name.
         focal_alpha, focal_gamma: classification focal loss parameters.
@@ -48,14 +47,12 @@ class SetCriterion(nn.Module):
     def __init__(
         self,
         *,
-        num_classes: int,
         matcher: HungarianMatcher,
         weight_dict: Mapping[str, float] | None = None,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = dict(
             weight_dict or {"loss_class": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}

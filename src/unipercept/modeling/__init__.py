@@ -1,5 +1,6 @@
 """Neural network parts: backbones, the deformable transformer, heads, and the detector."""
 
+from unipercept.modeling.build import build_deformable_detr
 from unipercept.modeling.deformable_attention import MultiScaleDeformableAttention
 from unipercept.modeling.deformable_transformer import (
     DecoderLayer,
@@ -41,5 +42,6 @@ __all__ = [
     "SinePositionEncoding",
     "StaticQueries",
     "TwoStageQueries",
+    "build_deformable_detr",
     "detection_heads",
 ]

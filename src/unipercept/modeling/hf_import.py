@@ -12,19 +12,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from unipercept.modeling.backbone.hf_backbone import HFBackbone
-from unipercept.modeling.deformable_transformer import (
-    DecoderLayer,
-    DeformableDecoder,
-    DeformableEncoder,
-    EncoderLayer,
-)
-from unipercept.modeling.detector import DeformableDETR, detection_heads
-from unipercept.modeling.heads import MLP
-from unipercept.modeling.neck import MultiScaleNeck
-from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
+from unipercept.modeling.build import build_deformable_detr
+from unipercept.modeling.detector import DeformableDETR
 
 if TYPE_CHECKING:
     from transformers import DeformableDetrForObjectDetection
@@ -119,65 +111,24 @@ def from_hf_deformable_detr(
             f"position_embedding_type {config.position_embedding_type!r} is not "
             "supported; only 'sine'"
         )
-    width, levels = config.d_model, config.num_feature_levels
-    backbone = HFBackbone(model=copy.deepcopy(hf.model.backbone.model), freeze_at=2)
-    neck = MultiScaleNeck(
-        in_channels=list(hf.model.backbone.intermediate_channel_sizes),
-        hidden_dim=width,
-        num_levels=levels,
-    )
-    encoder = DeformableEncoder(
-        [
-            EncoderLayer(
-                hidden_dim=width,
-                ffn_dim=config.encoder_ffn_dim,
-                num_heads=config.encoder_attention_heads,
-                num_levels=levels,
-                num_points=config.encoder_n_points,
-                dropout=config.dropout,
-                activation=config.activation_function,
-            )
-            for _ in range(config.encoder_layers)
-        ]
-    )
-    decoder = DeformableDecoder(
-        [
-            DecoderLayer(
-                hidden_dim=width,
-                ffn_dim=config.decoder_ffn_dim,
-                num_heads=config.decoder_attention_heads,
-                num_levels=levels,
-                num_points=config.decoder_n_points,
-                dropout=config.dropout,
-                activation=config.activation_function,
-            )
-            for _ in range(config.decoder_layers)
-        ]
-    )
-    class_heads, box_heads = detection_heads(
-        num_layers=config.decoder_layers,
-        hidden_dim=width,
+    detector = build_deformable_detr(
+        backbone=HFBackbone(model=copy.deepcopy(hf.model.backbone.model), freeze_at=2),
         num_classes=config.num_labels,
+        hidden_dim=config.d_model,
+        num_levels=config.num_feature_levels,
+        num_queries=config.two_stage_num_proposals if config.two_stage else config.num_queries,
+        encoder_layers=config.encoder_layers,
+        decoder_layers=config.decoder_layers,
+        encoder_ffn_dim=config.encoder_ffn_dim,
+        decoder_ffn_dim=config.decoder_ffn_dim,
+        encoder_heads=config.encoder_attention_heads,
+        decoder_heads=config.decoder_attention_heads,
+        encoder_points=config.encoder_n_points,
+        decoder_points=config.decoder_n_points,
+        dropout=config.dropout,
+        activation=config.activation_function,
         box_refine=config.with_box_refine,
-    )
-    if config.two_stage:
-        query_selection: nn.Module = TwoStageQueries(
-            num_queries=config.two_stage_num_proposals,
-            hidden_dim=width,
-            class_head=nn.Linear(width, config.num_labels),
-            box_head=MLP(input_dim=width, hidden_dim=width, output_dim=4, num_layers=3),
-        )
-    else:
-        query_selection = StaticQueries(num_queries=config.num_queries, hidden_dim=width)
-    detector = DeformableDETR(
-        backbone=backbone,
-        neck=neck,
-        encoder=encoder,
-        decoder=decoder,
-        query_selection=query_selection,
-        class_heads=class_heads,
-        box_heads=box_heads,
-        box_refine=config.with_box_refine,
+        two_stage=config.two_stage,
     )
     detector.load_state_dict(
         convert_state_dict(hf.state_dict(), config.decoder_layers), strict=True

@@ -1,0 +1,128 @@
+"""Assembling a detector from a backbone and plain hyper-parameters (what configs call)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from unipercept.modeling.backbone.base import Backbone
+from unipercept.modeling.deformable_transformer import (
+    DecoderLayer,
+    DeformableDecoder,
+    DeformableEncoder,
+    EncoderLayer,
+)
+from unipercept.modeling.denoising import DenoisingQueries
+from unipercept.modeling.detector import DeformableDETR, detection_heads
+from unipercept.modeling.heads import MLP
+from unipercept.modeling.neck import MultiScaleNeck
+from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
+
+
+def build_deformable_detr(
+    *,
+    backbone: Backbone,
+    num_classes: int,
+    hidden_dim: int = 256,
+    num_levels: int = 4,
+    num_queries: int = 300,
+    encoder_layers: int = 6,
+    decoder_layers: int = 6,
+    encoder_ffn_dim: int = 1024,
+    decoder_ffn_dim: int = 1024,
+    encoder_heads: int = 8,
+    decoder_heads: int = 8,
+    encoder_points: int = 4,
+    decoder_points: int = 4,
+    dropout: float = 0.1,
+    activation: str = "relu",
+    box_refine: bool = False,
+    two_stage: bool = False,
+    mixed_query_selection: bool = False,
+    look_forward_twice: bool = False,
+    denoising_groups: int = 0,
+    label_noise_ratio: float = 0.5,
+    box_noise_scale: float = 1.0,
+) -> DeformableDETR:
+    """Deformable DETR with the paper's defaults; the DINO options are off unless asked for.
+
+    Args:
+        backbone: any :class:`Backbone`; its maps become the finest levels.
+        num_classes: K.
+        two_stage: queries from encoder proposals (needs ``box_refine``).
+        mixed_query_selection: with ``two_stage``, learned content and proposal positions.
+        look_forward_twice: DINO's box refinement gradient path.
+        denoising_groups: > 0 adds that many groups of denoising queries in training.
+
+    Returns:
+        the detector, randomly initialised apart from the backbone.
+    """
+    if mixed_query_selection and not two_stage:
+        raise ValueError("mixed_query_selection needs two_stage=True")
+    neck = MultiScaleNeck(
+        in_channels=backbone.out_channels, hidden_dim=hidden_dim, num_levels=num_levels
+    )
+    encoder = DeformableEncoder(
+        [
+            EncoderLayer(
+                hidden_dim=hidden_dim,
+                ffn_dim=encoder_ffn_dim,
+                num_heads=encoder_heads,
+                num_levels=num_levels,
+                num_points=encoder_points,
+                dropout=dropout,
+                activation=activation,
+            )
+            for _ in range(encoder_layers)
+        ]
+    )
+    decoder = DeformableDecoder(
+        [
+            DecoderLayer(
+                hidden_dim=hidden_dim,
+                ffn_dim=decoder_ffn_dim,
+                num_heads=decoder_heads,
+                num_levels=num_levels,
+                num_points=decoder_points,
+                dropout=dropout,
+                activation=activation,
+            )
+            for _ in range(decoder_layers)
+        ],
+        look_forward_twice=look_forward_twice,
+    )
+    class_heads, box_heads = detection_heads(
+        num_layers=decoder_layers,
+        hidden_dim=hidden_dim,
+        num_classes=num_classes,
+        box_refine=box_refine,
+    )
+    if two_stage:
+        query_selection: nn.Module = TwoStageQueries(
+            num_queries=num_queries,
+            hidden_dim=hidden_dim,
+            class_head=nn.Linear(hidden_dim, num_classes),
+            box_head=MLP(input_dim=hidden_dim, hidden_dim=hidden_dim, output_dim=4, num_layers=3),
+            mixed=mixed_query_selection,
+        )
+    else:
+        query_selection = StaticQueries(num_queries=num_queries, hidden_dim=hidden_dim)
+    denoising = None
+    if denoising_groups > 0:
+        denoising = DenoisingQueries(
+            num_classes=num_classes,
+            hidden_dim=hidden_dim,
+            num_groups=denoising_groups,
+            label_noise_ratio=label_noise_ratio,
+            box_noise_scale=box_noise_scale,
+        )
+    return DeformableDETR(
+        backbone=backbone,
+        neck=neck,
+        encoder=encoder,
+        decoder=decoder,
+        query_selection=query_selection,
+        class_heads=class_heads,
+        box_heads=box_heads,
+        box_refine=box_refine,
+        denoising=denoising,
+    )
