@@ -41,3 +41,29 @@ def test_msda_benchmark_writes_one_record_per_implementation(tmp_path):
         assert record["shape"] == "dec-300q" and record["queries"] == 300
         assert record["fwd_ms"] > 0 and record["fwd_bwd_ms"] > 0
     assert "dec-300q" in result.stdout
+
+
+def test_detector_benchmark_agrees_and_times_both_models(tmp_path):
+    out = tmp_path / "detector.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "detector.py"),
+            "--height",
+            "160",  # enough encoder positions for transformers' 300 two-stage proposals
+            "--width",
+            "224",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    records = {r["implementation"]: r for r in json.loads(out.read_text())}
+    assert {"transformers", "unipercept-pytorch-attention"} <= set(records)
+    assert records["transformers"]["speedup_vs_transformers"] == 1.0
+    assert "max logit difference" in result.stdout
