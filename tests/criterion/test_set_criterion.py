@@ -108,3 +108,16 @@ def test_overfitting_one_batch_halves_the_loss(options):
         if (history[-1] <= 0.5 * history[0] and len(history) > 20) or time.monotonic() > deadline:
             break
     assert history[-1] <= 0.5 * history[0], f"loss went from {history[0]:.3f} to {history[-1]:.3f}"
+
+
+def test_denoising_and_proposal_losses_are_reported_per_layer():
+    torch.manual_seed(0)
+    model = tiny_detector(two_stage=True, box_refine=True, denoising=True).train()
+    images, targets = generated_images()
+    losses = SetCriterion(matcher=HungarianMatcher())(model(images, targets), targets)
+    for name in ("loss_class", "loss_bbox", "loss_giou"):
+        assert {f"{name}.dn{layer}" for layer in range(3)} <= set(losses)
+        assert {name, f"{name}.aux0", f"{name}.aux1", f"{name}.enc"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    # Positive denoising queries start next to their targets: their boxes are already close.
+    assert losses["loss_bbox.dn0"] < losses["loss_bbox.aux0"]
