@@ -1,4 +1,4 @@
-"""Assembling a detector from a backbone and plain hyper-parameters (what configs call)."""
+"""Assembling the models from built parts and plain hyper-parameters (what configs call)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,19 @@ from unipercept.modeling.deformable_transformer import (
 )
 from unipercept.modeling.denoising import DenoisingQueries
 from unipercept.modeling.detector import DeformableDETR, detection_heads
+from unipercept.modeling.fusion import BiAttentionLayer, BiXAttnFusion
 from unipercept.modeling.heads import MLP
+from unipercept.modeling.mask_head import MaskBranch
 from unipercept.modeling.neck import MultiScaleNeck
+from unipercept.modeling.prompt import (
+    AnnotationPromptEncoder,
+    CategoryPromptEncoder,
+    ExpressionPromptEncoder,
+    TextEncoder,
+)
 from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
+from unipercept.modeling.unipercept import UniPercept
+from unipercept.modeling.unipercept_heads import UniPerceptHeads
 
 
 def build_deformable_detr(
@@ -125,4 +135,122 @@ def build_deformable_detr(
         box_heads=box_heads,
         box_refine=box_refine,
         denoising=denoising,
+    )
+
+
+def build_unipercept(
+    *,
+    backbone: Backbone,
+    text_encoder: TextEncoder | None = None,
+    annotation_backbone: Backbone | None = None,
+    hidden_dim: int = 256,
+    num_levels: int = 4,
+    num_queries: int = 300,
+    encoder_layers: int = 6,
+    decoder_layers: int = 6,
+    ffn_dim: int = 1024,
+    num_heads: int = 8,
+    num_points: int = 4,
+    dropout: float = 0.1,
+    fusion_layers: int = 1,
+    box_refine: bool = True,
+    two_stage: bool = True,
+    mixed_query_selection: bool = False,
+    look_forward_twice: bool = False,
+    prompt_conditioned_queries: bool = False,
+    mask_dim: int = 8,
+    mask_channels: int = 128,
+    embedding_dim: int = 256,
+    annotation_crop_size: int = 128,
+    annotation_context: float = 2.0,
+) -> UniPercept:
+    """The prompt-driven model with UNINEXT's defaults (two-stage, box refinement, one Bi-XAtt
+    layer).
+
+    Args:
+        backbone: image backbone; a first output at stride 4 gives stride-4 masks.
+        text_encoder: serves category and expression prompts (None: neither).
+        annotation_backbone: a second backbone for annotation prompts (None: no SOT/VOS);
+            its first convolution is extended with the prior channel.
+        fusion_layers: Bi-XAtt layers (0 disables early fusion).
+
+    Returns:
+        the model, randomly initialised apart from the backbones and the text encoder.
+    """
+    if mixed_query_selection and not two_stage:
+        raise ValueError("mixed_query_selection needs two_stage=True")
+    if text_encoder is None and annotation_backbone is None:
+        raise ValueError(
+            "give a text_encoder, an annotation_backbone, or both: the model needs "
+            "at least one kind of prompt"
+        )
+    stride4 = backbone.out_strides[0] == 4
+    neck_channels = backbone.out_channels[1:] if stride4 else backbone.out_channels
+    neck = MultiScaleNeck(in_channels=neck_channels, hidden_dim=hidden_dim, num_levels=num_levels)
+    layer = {
+        "hidden_dim": hidden_dim,
+        "ffn_dim": ffn_dim,
+        "num_heads": num_heads,
+        "num_levels": num_levels,
+        "num_points": num_points,
+        "dropout": dropout,
+    }
+    encoder = DeformableEncoder([EncoderLayer(**layer) for _ in range(encoder_layers)])
+    decoder = DeformableDecoder(
+        [DecoderLayer(**layer) for _ in range(decoder_layers)],
+        look_forward_twice=look_forward_twice,
+    )
+    prompt_encoders: dict[str, nn.Module] = {}
+    if text_encoder is not None:
+        prompt_encoders["category"] = CategoryPromptEncoder(text=text_encoder)
+        prompt_encoders["expression"] = ExpressionPromptEncoder(text=text_encoder)
+    if annotation_backbone is not None:
+        prompt_encoders["annotation"] = AnnotationPromptEncoder(
+            backbone=annotation_backbone,
+            hidden_dim=hidden_dim,
+            crop_size=annotation_crop_size,
+            context_factor=annotation_context,
+        )
+    fusion = None
+    if fusion_layers > 0:
+        fusion = BiXAttnFusion(
+            [
+                BiAttentionLayer(hidden_dim=hidden_dim, num_heads=num_heads, dropout=dropout)
+                for _ in range(fusion_layers)
+            ]
+        )
+    if two_stage:
+        # Proposals are class-agnostic: one objectness score decides which become queries.
+        query_selection: nn.Module = TwoStageQueries(
+            num_queries=num_queries,
+            hidden_dim=hidden_dim,
+            class_head=nn.Linear(hidden_dim, 1),
+            box_head=MLP(input_dim=hidden_dim, hidden_dim=hidden_dim, output_dim=4, num_layers=3),
+            mixed=mixed_query_selection,
+        )
+    else:
+        query_selection = StaticQueries(num_queries=num_queries, hidden_dim=hidden_dim)
+    heads = UniPerceptHeads(
+        hidden_dim=hidden_dim,
+        num_layers=decoder_layers,
+        box_refine=box_refine,
+        mask_branch=MaskBranch(
+            in_channels=hidden_dim,
+            lateral_channels=backbone.out_channels[0] if stride4 else None,
+            channels=mask_channels,
+            mask_dim=mask_dim,
+        ),
+        embedding_dim=embedding_dim,
+    )
+    return UniPercept(
+        backbone=backbone,
+        neck=neck,
+        prompt_encoders=prompt_encoders,
+        fusion=fusion,
+        encoder=encoder,
+        decoder=decoder,
+        query_selection=query_selection,
+        heads=heads,
+        box_refine=box_refine,
+        prompt_conditioned_queries=prompt_conditioned_queries,
     )

@@ -33,6 +33,36 @@ class MultiScaleFeatures:
 
 
 @dataclass(frozen=True, eq=False)
+class PromptEmbedding:
+    """A batch of encoded prompts: tokens for early fusion, and how to pool them into W.
+
+    Attributes:
+        tokens: (B, L, C) prompt tokens in the model's width.
+        valid: (B, L) bool, True on real tokens (False on padding).
+        pooling: (B, K, L) weights turning tokens into the K rows of W (each row sums to 1
+            over its tokens): one row per category name, or one row averaging all tokens for
+            an expression or an annotation.
+        class_valid: (B, K) bool, False for padding rows when prompts of a batch have
+            different numbers of categories.
+    """
+
+    tokens: Tensor
+    valid: Tensor
+    pooling: Tensor
+    class_valid: Tensor
+
+    def class_embeddings(self, tokens: Tensor | None = None) -> Tensor:
+        """W: (B, K, C), pooled from ``tokens`` (default: this embedding's own tokens; pass
+        the fused tokens to pool those instead)."""
+        return self.pooling @ (self.tokens if tokens is None else tokens)
+
+    def replace_tokens(self, tokens: Tensor) -> PromptEmbedding:
+        return PromptEmbedding(
+            tokens=tokens, valid=self.valid, pooling=self.pooling, class_valid=self.class_valid
+        )
+
+
+@dataclass(frozen=True, eq=False)
 class Queries:
     """What the decoder starts from.
 
@@ -117,3 +147,50 @@ class DetectionOutput:
     hidden_states: Tensor
     encoder: EncoderProposals | None = None
     denoising: DenoisingOutput | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class DecoderOutput:
+    """Predictions of the prompt-driven model for a batch.
+
+    Attributes:
+        logits: (num_layers, B, Q, K) retrieval scores S = F_ins . W^T (one column per prompt
+            row: category name, or the single expression / annotation row).
+        boxes: (num_layers, B, Q, 4) normalised cxcywh boxes.
+        quality: (num_layers, B, Q) logits of the predicted IoU of each box (or mask) with its
+            object.
+        mask_kernels: (num_layers, B, Q, P) dynamic convolution parameters of each query.
+        mask_features: (B, D, h, w) shared mask features of the padded batch.
+        mask_stride: input pixels per mask-feature pixel (4 or 8).
+        embeddings: (B, Q, E) association embeddings of the last layer.
+        hidden_states: (num_layers, B, Q, C).
+        class_valid: (B, K) bool, False on padded prompt rows.
+        image_sizes: (B, 2) int64 (height, width) of each image inside the padded input.
+        encoder: two-stage proposals, or None.
+    """
+
+    logits: Tensor
+    boxes: Tensor
+    quality: Tensor
+    mask_kernels: Tensor
+    mask_features: Tensor
+    mask_stride: int
+    embeddings: Tensor
+    hidden_states: Tensor
+    class_valid: Tensor
+    image_sizes: Tensor
+    encoder: EncoderProposals | None = None
+
+    def mask_logits(self, layer: int, batch_index: Tensor, query_index: Tensor) -> Tensor:
+        """(M, h, w) mask logits of the M queries ``(batch_index[i], query_index[i])`` at
+        decoder layer ``layer``, on the padded batch's stride-``mask_stride`` grid."""
+        from unipercept.modeling.mask_head import dynamic_mask_logits
+
+        return dynamic_mask_logits(
+            self.mask_features,
+            batch_index,
+            self.mask_kernels[layer][batch_index, query_index],
+            self.boxes[layer][batch_index, query_index, :2],
+            self.image_sizes,
+            self.mask_stride,
+        )
