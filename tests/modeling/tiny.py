@@ -50,3 +50,54 @@ def tiny_detector(
         look_forward_twice=look_forward_twice,
         denoising_groups=2 if denoising else 0,
     )
+
+
+def tiny_text_encoder(hidden_dim: int = 32, freeze: bool = False):
+    """A small random BERT with the real (offline) MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from unipercept.modeling.prompt import TextEncoder, offline_text_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(offline_text_model_path())
+    model = BertModel(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=tokenizer.vocab_size,
+        )
+    )
+    return TextEncoder(model=model, tokenizer=tokenizer, hidden_dim=hidden_dim, freeze=freeze)
+
+
+def tiny_unipercept(
+    *,
+    stride4: bool = False,
+    two_stage: bool = True,
+    annotation: bool = True,
+    prompt_conditioned_queries: bool = False,
+    num_queries: int = 10,
+):
+    from unipercept.modeling import build_unipercept
+    from unipercept.modeling.backbone import MobileNetV2
+
+    backbone = MobileNetV2(out_strides=(4, 8, 16, 32) if stride4 else (8, 16, 32))
+    return build_unipercept(
+        backbone=backbone,
+        text_encoder=tiny_text_encoder(),
+        annotation_backbone=tiny_backbone() if annotation else None,
+        hidden_dim=32,
+        num_queries=num_queries,
+        encoder_layers=1,
+        decoder_layers=2,
+        ffn_dim=64,
+        num_heads=2,
+        num_points=2,
+        dropout=0.0,
+        two_stage=two_stage,
+        mask_channels=32,
+        embedding_dim=16,
+        annotation_crop_size=64,
+        prompt_conditioned_queries=prompt_conditioned_queries,
+    )

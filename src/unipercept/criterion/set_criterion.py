@@ -17,6 +17,15 @@ from unipercept.structures import Instances, box_convert, generalized_box_iou, n
 Match = tuple[Tensor, Tensor]
 
 
+def num_targets(labels: Sequence[Tensor], device: torch.device) -> Tensor:
+    """Targets in the whole (distributed) batch, at least 1: what DETR losses divide by."""
+    count = torch.tensor(float(sum(len(t) for t in labels)), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count.clamp(min=1.0)
+
+
 def total_loss(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float]) -> Tensor:
     """The weighted sum of ``losses``: each key ``base`` or ``base.suffix`` takes the weight of
     ``base``; keys whose base has no weight are left out."""
@@ -73,7 +82,7 @@ class SetCriterion(nn.Module):
             raise ValueError(f"got {len(targets)} targets for a batch of {outputs.logits.shape[1]}")
         labels = [t.labels for t in targets]
         boxes = [normalize_boxes(t.boxes, t.image_size) for t in targets]
-        normalizer = self._num_boxes(labels, outputs.logits.device)
+        normalizer = num_targets(labels, outputs.logits.device)
         losses: dict[str, Tensor] = {}
         num_layers = outputs.logits.shape[0]
         for layer in range(num_layers):
@@ -151,12 +160,3 @@ class SetCriterion(nn.Module):
             f"loss_bbox{suffix}": loss_bbox,
             f"loss_giou{suffix}": loss_giou,
         }
-
-    @staticmethod
-    def _num_boxes(labels: Sequence[Tensor], device: torch.device) -> Tensor:
-        """Targets in the whole (distributed) batch, at least 1: the losses' normaliser."""
-        count = torch.tensor(float(sum(len(t) for t in labels)), device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(count)
-            count = count / dist.get_world_size()
-        return count.clamp(min=1.0)

@@ -1,6 +1,7 @@
 """Numerical ops written in-house: multi-scale deformable attention (compiled, with a PyTorch
-fallback), box suppression and RoIAlign (no torchvision)."""
+fallback), box and mask suppression (NMS, Matrix NMS) and RoIAlign (no torchvision)."""
 
+from unipercept.ops.matrix_nms import mask_nms, matrix_nms
 from unipercept.ops.ms_deform_attn import (
     cpu_isa,
     ms_deform_attn,
@@ -13,6 +14,8 @@ from unipercept.ops.roi_align import roi_align
 __all__ = [
     "batched_nms",
     "cpu_isa",
+    "mask_nms",
+    "matrix_nms",
     "ms_deform_attn",
     "ms_deform_attn_pytorch",
     "msda_backend",

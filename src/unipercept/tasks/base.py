@@ -1,0 +1,69 @@
+"""What every task has: which prompt it builds, and how it turns model outputs into results."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from unipercept.modeling.outputs import DecoderOutput
+from unipercept.structures import ImageBatch, Instances, Prompt, clip_boxes, denormalize_boxes
+
+
+class Task(ABC):
+    """A task builds its prompt from user input and post-processes the model's output.
+
+    The model never sees the task: a task only decides which prompt to build and how to read
+    the predictions (no task string reaches ``forward``).
+    """
+
+    name: ClassVar[str]
+    prompt_kind: ClassVar[str]
+
+    @abstractmethod
+    def make_prompt(self, *args, **kwargs) -> Prompt:
+        """The prompt this task gives the model."""
+
+    @abstractmethod
+    def postprocess(self, output: DecoderOutput, images: ImageBatch) -> list[Instances]:
+        """Per image, the results in the coordinates of the image as the user gave it."""
+
+
+def combined_scores(output: DecoderOutput, quality_weight: float) -> Tensor:
+    """(B, Q, K) confidence: class probability^(1 - w) * predicted IoU^w of the last layer."""
+    probability = output.logits[-1].sigmoid()  # (B, Q, K); padded rows are 0
+    if quality_weight <= 0:
+        return probability
+    quality = output.quality[-1].sigmoid()[..., None]  # (B, Q, 1)
+    return probability ** (1 - quality_weight) * quality**quality_weight
+
+
+def boxes_in_original(
+    output: DecoderOutput, images: ImageBatch, index: int, queries: Tensor
+) -> Tensor:
+    """(N, 4) xyxy boxes of ``queries`` of image ``index``, in its original pixels."""
+    input_size = images.image_sizes[index]
+    original = images.original_sizes[index]
+    boxes = denormalize_boxes(output.boxes[-1][index, queries], input_size)  # input pixels
+    scale = boxes.new_tensor([original[1] / input_size[1], original[0] / input_size[0]] * 2)
+    return clip_boxes(boxes * scale, original)
+
+
+def masks_in_original(
+    output: DecoderOutput, images: ImageBatch, index: int, queries: Tensor, threshold: float = 0.5
+) -> Tensor:
+    """(N, H, W) bool masks of ``queries`` of image ``index`` at its original size."""
+    batch_index = torch.full_like(queries, index)
+    logits = output.mask_logits(-1, batch_index, queries)  # (N, h, w) on the padded grid
+    height, width = images.image_sizes[index]
+    original = images.original_sizes[index]
+    if logits.shape[0] == 0:
+        return torch.zeros((0, *original), dtype=torch.bool, device=logits.device)
+    padded = F.interpolate(
+        logits[:, None], scale_factor=output.mask_stride, mode="bilinear", align_corners=False
+    )[:, :, :height, :width]  # (N, 1, h_in, w_in)
+    resized = F.interpolate(padded, size=original, mode="bilinear", align_corners=False)[:, 0]
+    return resized.sigmoid() >= threshold
