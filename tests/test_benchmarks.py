@@ -67,3 +67,26 @@ def test_detector_benchmark_agrees_and_times_both_models(tmp_path):
     assert {"transformers", "unipercept-pytorch-attention"} <= set(records)
     assert records["transformers"]["speedup_vs_transformers"] == 1.0
     assert "max logit difference" in result.stdout
+
+
+def test_matrix_nms_benchmark_times_every_implementation(tmp_path):
+    out = tmp_path / "matrix_nms.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "matrix_nms.py"),
+            "--counts",
+            "20",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    records = json.loads(out.read_text())
+    assert {r["implementation"] for r in records} == {"matrix-nms", "mask-nms", "mask-nms-textbook"}
+    assert all(r["count"] == 20 and r["ms"] > 0 and r["greedy_kept"] > 0 for r in records)

@@ -142,5 +142,29 @@ def test_model_part_configs_build_real_modules():
     detector = config.instantiate(config.compose_group_option("model", "deformable_detr"))
     assert isinstance(detector, DeformableDETR) and detector.box_refine
     assert len(detector.decoder.layers) == 6
+    from unipercept.modeling.prompt import TextEncoder
+
     encoder = config.instantiate(config.compose_group_option("model/text_encoder", "minilm"))
-    assert encoder.config.hidden_size == 384 and encoder.config.model_type == "bert"
+    assert isinstance(encoder, TextEncoder)
+    assert encoder.model.config.hidden_size == 384 and encoder.model.config.model_type == "bert"
+
+
+def test_unipercept_configs_build_the_model_tasks_and_criterion():
+    from unipercept.criterion import UniPerceptCriterion
+    from unipercept.modeling import UniPercept
+    from unipercept.tasks import InstanceSegmentationTask, MatrixNMS
+
+    model = config.instantiate(config.compose_group_option("model", "unipercept"))
+    assert isinstance(model, UniPercept)
+    assert set(model.prompt_encoders) == {"category", "expression", "annotation"}
+    assert model.prompt_encoders["category"].text.projection[0].out_features == 256
+    assert all(p.requires_grad for p in model.heads.parameters())  # backbone stem: freeze_at
+    frozen = config.instantiate(config.compose_group_option("model", "unipercept_frozen_detector"))
+    trainable = {n.split(".")[1] for n, p in frozen.named_parameters() if p.requires_grad}
+    assert trainable == {"mask_branch", "controller", "quality"}
+    with_nms = config.compose("train", ["+task=insseg", "task/suppression=matrix_nms"]).task
+    task = config.instantiate(with_nms)
+    assert isinstance(task, InstanceSegmentationTask) and isinstance(task.suppression, MatrixNMS)
+    assert config.instantiate(config.compose_group_option("task", "det")).suppression is None
+    criterion = config.instantiate(config.compose_group_option("criterion", "unipercept"))
+    assert isinstance(criterion, UniPerceptCriterion) and criterion.weight_dict["loss_dice"] == 5.0

@@ -163,6 +163,7 @@ def build_unipercept(
     embedding_dim: int = 256,
     annotation_crop_size: int = 128,
     annotation_context: float = 2.0,
+    train_only_mask_branch: bool = False,
 ) -> UniPercept:
     """The prompt-driven model with UNINEXT's defaults (two-stage, box refinement, one Bi-XAtt
     layer).
@@ -173,6 +174,7 @@ def build_unipercept(
         annotation_backbone: a second backbone for annotation prompts (None: no SOT/VOS);
             its first convolution is extended with the prior channel.
         fusion_layers: Bi-XAtt layers (0 disables early fusion).
+        train_only_mask_branch: Mask Frozen-DETR mode (see :meth:`UniPercept.freeze_detector`).
 
     Returns:
         the model, randomly initialised apart from the backbones and the text encoder.
@@ -242,7 +244,7 @@ def build_unipercept(
         ),
         embedding_dim=embedding_dim,
     )
-    return UniPercept(
+    model = UniPercept(
         backbone=backbone,
         neck=neck,
         prompt_encoders=prompt_encoders,
@@ -254,3 +256,6 @@ def build_unipercept(
         box_refine=box_refine,
         prompt_conditioned_queries=prompt_conditioned_queries,
     )
+    if train_only_mask_branch:
+        model.freeze_detector()
+    return model
