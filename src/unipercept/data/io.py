@@ -1,0 +1,113 @@
+"""Reading dataset files safely: images, palette PNGs, json, and RefCOCO's pickles."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from unipercept.data.datasets.base import DatasetError
+
+
+def load_image(path: str | Path) -> Tensor:
+    """(3, H, W) uint8 RGB pixels of an image file.
+
+    Raises:
+        DatasetError: the file is missing, unreadable or not an image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))  # (H, W, 3)
+    except FileNotFoundError:
+        raise DatasetError(path, "image", "file not found") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise DatasetError(path, "image", f"cannot be decoded as an image ({error})") from None
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def load_index_png(path: str | Path) -> np.ndarray:
+    """(H, W) uint8 object indices of a palette PNG (DAVIS, YouTube-VOS annotations); a
+    grey-scale PNG is read as is.
+
+    Raises:
+        DatasetError: missing or undecodable file, or an RGB image (indices would be lost).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "1"):
+                raise DatasetError(
+                    path, "annotation", f"expected a palette or grey PNG, got mode {image.mode}"
+                )
+            return np.array(image, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DatasetError(path, "annotation", "file not found") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise DatasetError(path, "annotation", f"cannot be decoded ({error})") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError:
+        raise DatasetError(path, "image", "file not found") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise DatasetError(path, "image", f"cannot be decoded as an image ({error})") from None
+
+
+def load_json(path: str | Path) -> Any:
+    """Parses a json file.
+
+    Raises:
+        DatasetError: missing file or malformed json, with the line and column.
+    """
+    path = Path(path)
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise DatasetError(path, "file", "not found") from None
+    except json.JSONDecodeError as error:
+        raise DatasetError(
+            path, f"line {error.lineno} column {error.colno}", f"malformed json: {error.msg}"
+        ) from None
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Admits only what plain data needs; any class reference is refused, so a pickle cannot
+    run code while it loads."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: only plain containers, strings and numbers are "
+            "allowed in this file"
+        )
+
+
+def load_plain_pickle(path: str | Path) -> Any:
+    """Loads a pickle made only of dicts, lists, tuples, sets, strings, bytes and numbers (as
+    RefCOCO's ``refs(unc).p``), refusing every class (the ``find_class`` hook blocks all
+    imports, so nothing can execute).
+
+    Raises:
+        DatasetError: missing or truncated file, or a pickle that references any class.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(path, "file", "not found") from None
+    try:
+        return _PlainUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise DatasetError(path, "pickle", str(error)) from None
