@@ -25,12 +25,12 @@ def load_image(path: str | Path) -> Tensor:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))  # (H, W, 3)
+            array = np.array(image.convert("RGB"))  # (H, W, 3), writable
     except FileNotFoundError:
         raise DatasetError(path, "image", "file not found") from None
     except (UnidentifiedImageError, OSError) as error:
         raise DatasetError(path, "image", f"cannot be decoded as an image ({error})") from None
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def load_index_png(path: str | Path) -> np.ndarray:
