@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("config", "criterion", "data", "modeling", "ops", "structures", "tasks")
+_SUBPACKAGES = (
+    "config",
+    "criterion",
+    "data",
+    "engine",
+    "evaluation",
+    "modeling",
+    "ops",
+    "structures",
+    "tasks",
+)
 
 if TYPE_CHECKING:
     from unipercept import config, ops, structures

@@ -51,7 +51,10 @@ def _check_configs() -> str:
             group, option = name.rsplit("/", 1)
             config.instantiate(config.compose_group_option(group, option))
         else:
-            config.instantiate(config.compose(name))
+            # train.yaml needs a stage (its default is ???); any stage composes.
+            config.instantiate(
+                config.compose(name, ["stage=2_image_joint"] if name == "train" else [])
+            )
     return f"{len(names)} composed and instantiated from {config.config_dir()}"
 
 

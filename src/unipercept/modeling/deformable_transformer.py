@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from unipercept.modeling.deformable_attention import MultiScaleDeformableAttention
 from unipercept.modeling.outputs import DecoderStates, MultiScaleFeatures, Queries
@@ -124,6 +125,8 @@ class DeformableEncoder(nn.Module):
     def __init__(self, layers: list[EncoderLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        # Recompute each layer's activations in the backward pass instead of storing them.
+        self.gradient_checkpointing = False
 
     @staticmethod
     def reference_points(features: MultiScaleFeatures) -> Tensor:
@@ -148,7 +151,10 @@ class DeformableEncoder(nn.Module):
         x = features.tokens
         reference_points = self.reference_points(features)
         for layer in self.layers:
-            x = layer(x, features, reference_points)
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, features, reference_points, use_reentrant=False)
+            else:
+                x = layer(x, features, reference_points)
         return x
 
 
@@ -213,6 +219,7 @@ class DeformableDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.look_forward_twice = look_forward_twice
+        self.gradient_checkpointing = False
 
     def forward(
         self,
@@ -240,7 +247,18 @@ class DeformableDecoder(nn.Module):
                 )
             else:
                 per_level = reference[:, :, None] * valid_ratios[:, None]  # (B, Q, L, 2)
-            x = layer(x, queries.position, per_level, memory, features, queries.self_attention_mask)
+            arguments = (
+                x,
+                queries.position,
+                per_level,
+                memory,
+                features,
+                queries.self_attention_mask,
+            )
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, *arguments, use_reentrant=False)
+            else:
+                x = layer(*arguments)
             hidden.append(x)
             if box_heads is not None:
                 delta = box_heads[index](x)  # (B, Q, 4)

@@ -1,0 +1,309 @@
+"""The training loop: one process per device under torchrun, exact resume, a guard against
+non-finite losses, checkpoints that survive a kill."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from unipercept.criterion import UniPerceptCriterion, total_loss
+from unipercept.engine.batches import TrainingBatch, TrainingData
+from unipercept.engine.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from unipercept.engine.distributed import DistributedContext, barrier, reduce_mean
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Attributes:
+    max_steps: optimiser steps of the whole run.
+    checkpoint_every, keep_last: checkpoint cadence and how many to keep.
+    log_every: console/TensorBoard cadence.
+    clip_grad_norm: max gradient norm (0 disables clipping).
+    max_nonfinite: stop after this many steps skipped for a non-finite loss.
+    bf16: autocast to bfloat16 on CUDA (ignored on CPU).
+    embedding_weight: weight of the association loss on two-frame batches.
+    progress: show a progress bar (main rank only).
+    """
+
+    max_steps: int
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 20
+    clip_grad_norm: float = 0.1
+    max_nonfinite: int = 10
+    bf16: bool = True
+    embedding_weight: float = 0.25
+    progress: bool = True
+
+
+class TrainingStep(nn.Module):
+    """The model and its criterion as one module whose forward returns the losses.
+
+    DistributedDataParallel wraps this, not the bare model: it looks for unused parameters
+    from the forward's outputs, so the outputs must be exactly what the loss is made of (the
+    model's other outputs, such as embeddings in an image batch, would otherwise make it wait
+    for gradients that never come).
+    """
+
+    def __init__(
+        self, model: nn.Module, criterion: UniPerceptCriterion, embedding_weight: float
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.embedding_weight = embedding_weight
+
+    def forward(self, batch: TrainingBatch) -> dict[str, Tensor]:
+        outputs = self.model(batch.images, batch.prompts)
+        losses = self.criterion(outputs, batch.targets, batch.images)
+        if batch.reference_images is not None:
+            reference = self.model(batch.reference_images, batch.prompts)
+            for name, value in self.criterion(
+                reference, batch.reference_targets, batch.reference_images
+            ).items():
+                losses[f"{name}.ref"] = value
+            if self.embedding_weight > 0:
+                losses.update(
+                    self.criterion.embedding_loss(
+                        outputs, batch.targets, reference, batch.reference_targets
+                    )
+                )
+        return losses
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many steps with a NaN or infinite loss."""
+
+
+class Trainer:
+    """Trains a model on :class:`TrainingData` batches.
+
+    Args:
+        model: the model (wrapped in DistributedDataParallel here when distributed).
+        criterion: its losses (unweighted; weighted by ``criterion.weight_dict`` here, once).
+        data: the batches.
+        optimizer, scheduler: built on ``model``'s parameters.
+        context: this process's place in the job.
+        output_dir: checkpoints and TensorBoard logs go here.
+        settings: the loop's knobs.
+        config_text: the resolved configuration, saved with every checkpoint.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        criterion: UniPerceptCriterion,
+        data: TrainingData,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        context: DistributedContext,
+        output_dir: Path,
+        settings: TrainerSettings,
+        config_text: str | None = None,
+    ) -> None:
+        self.model = model
+        self.criterion = criterion.to(context.device)
+        self.data = data
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.context = context
+        self.output_dir = Path(output_dir)
+        self.settings = settings
+        self.config_text = config_text
+        self.step = 0
+        self.nonfinite = 0
+        self.module: nn.Module = TrainingStep(model, self.criterion, settings.embedding_weight)
+        if context.distributed:
+            # Batches of different prompt kinds use different encoders and heads: parameters
+            # unused in a step must not stall the gradient all-reduce.
+            self.module = nn.parallel.DistributedDataParallel(
+                self.module,
+                device_ids=[context.device.index] if context.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def resume(self) -> bool:
+        """Loads the newest checkpoint of :attr:`checkpoint_dir`, if any; True when one was."""
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return False
+        extra = load_checkpoint(
+            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+        self.step = int(extra["step"])
+        self.nonfinite = int(extra["nonfinite"])
+        self.data.sampler.load_state_dict(extra["sampler"])
+        restore_rng_state(
+            extra["rng"][self.context.rank]
+            if self.context.rank < len(extra["rng"])
+            else extra["rng"][0]
+        )
+        logger.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    def _to_device(self, batch: TrainingBatch) -> TrainingBatch:
+        device = self.context.device
+        moved = {
+            "images": batch.images.to(device),
+            "targets": [t.to(device) for t in batch.targets],
+        }
+        if batch.reference_images is not None:
+            moved["reference_images"] = batch.reference_images.to(device)
+            moved["reference_targets"] = [t.to(device) for t in batch.reference_targets]
+        return dataclasses.replace(batch, **moved)
+
+    def _losses(self, batch: TrainingBatch) -> dict[str, Tensor]:
+        use_bf16 = self.settings.bf16 and self.context.device.type == "cuda"
+        with torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            return self.module(batch)
+
+    def train(self, on_step: Callable[[int, Mapping[str, float]], None] | None = None) -> None:
+        """Runs from :attr:`step` to ``settings.max_steps``."""
+        settings = self.settings
+        writer = self._summary_writer()
+        bar = tqdm(
+            total=settings.max_steps,
+            initial=self.step,
+            desc="train",
+            disable=not (settings.progress and self.context.is_main),
+            dynamic_ncols=True,
+        )
+        self.module.train()
+        started = time.monotonic()
+        while self.step < settings.max_steps:
+            batch = self._to_device(self.data.batch_at(self.step))
+            losses = self._losses(batch)
+            loss = total_loss(losses, self.criterion.weight_dict)
+            # Every rank must agree to skip, or the gradient all-reduce would hang.
+            finite = reduce_mean(torch.isfinite(loss).float().detach(), self.context) == 1.0
+            self.optimizer.zero_grad(set_to_none=True)
+            if not bool(finite):
+                self.nonfinite += 1
+                logger.warning(
+                    "step %d: non-finite loss (%s), skipped (%d so far)",
+                    self.step,
+                    batch.dataset,
+                    self.nonfinite,
+                )
+                if self.nonfinite > settings.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"{self.nonfinite} steps had a non-finite loss; "
+                        f"the last on dataset {batch.dataset} at step {self.step}"
+                    )
+            else:
+                loss.backward()
+                if settings.clip_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), settings.clip_grad_norm)
+                self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            bar.update(1)
+            if self.step % settings.log_every == 0 or self.step == settings.max_steps:
+                self._log(losses, loss, batch, writer, started, bar)
+            if on_step is not None:
+                on_step(self.step, {k: float(v) for k, v in losses.items()})
+            if self.step % settings.checkpoint_every == 0 or self.step == settings.max_steps:
+                self.save()
+        bar.close()
+        if writer is not None:
+            writer.close()
+
+    def save(self) -> Path | None:
+        """Writes a checkpoint of the current step (main rank writes; every rank's RNG state
+        goes in it so each continues its own stream)."""
+        states = self._gather_rng_states()
+        path = None
+        if self.context.is_main:
+            extra = {
+                "step": self.step,
+                "nonfinite": self.nonfinite,
+                "sampler": self.data.sampler.state_dict(),
+                "rng": states,
+            }
+            path = save_checkpoint(
+                self.checkpoint_dir,
+                self.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                extra=extra,
+                config_text=self.config_text,
+                keep_last=self.settings.keep_last,
+            )
+        barrier(self.context)
+        return path
+
+    def _gather_rng_states(self) -> list:
+        state = capture_rng_state()
+        if not self.context.distributed:
+            return [state]
+        gathered: list = [None] * self.context.world_size
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
+
+    def _summary_writer(self):
+        if not self.context.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard is not installed: logging to the console only")
+            return None
+        return SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=self.step)
+
+    def _log(
+        self,
+        losses: Mapping[str, Tensor],
+        loss: Tensor,
+        batch: TrainingBatch,
+        writer,
+        started: float,
+        bar: tqdm,
+    ) -> None:
+        averaged = {
+            k: float(reduce_mean(v.detach().float(), self.context))
+            for k, v in losses.items()
+            if "." not in k
+        }
+        total = float(reduce_mean(loss.detach().float(), self.context))
+        if not self.context.is_main:
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}", data=batch.dataset)
+        if writer is not None:
+            writer.add_scalar("loss/total", total, self.step)
+            writer.add_scalar("lr", lr, self.step)
+            for name, value in averaged.items():
+                if math.isfinite(value):
+                    writer.add_scalar(f"loss/{name}", value, self.step)
+        logger.info(
+            "step %d/%d loss %.4f lr %.2e (%s) %.1fs",
+            self.step,
+            self.settings.max_steps,
+            total,
+            lr,
+            batch.dataset,
+            time.monotonic() - started,
+        )
