@@ -42,7 +42,9 @@ def test_every_config_composes_and_instantiates(name):
 
 
 def test_optimizer_config_builds_a_working_optimizer():
-    factory = config.instantiate(config.compose("train").optim)["optimizer"]
+    factory = config.instantiate(config.compose("train", ["stage=2_image_joint"]).optim)[
+        "optimizer"
+    ]
     assert isinstance(factory, partial)
     parameter = torch.nn.Parameter(torch.ones(3))
     optimizer = factory([{"params": [parameter], "lr": 0.1}])
@@ -53,29 +55,27 @@ def test_optimizer_config_builds_a_working_optimizer():
 
 
 def test_training_stages_compose_and_fail_early():
-    from omegaconf.errors import MissingMandatoryValue
+    from hydra.errors import ConfigCompositionException, MissingConfigException
 
-    with pytest.raises(MissingMandatoryValue):
-        config.compose("train").stage.name  # noqa: B018 - the stage is mandatory
+    with pytest.raises(ConfigCompositionException, match="You must specify 'stage'"):
+        config.compose("train")
     third = config.compose("train", ["stage=3_video_joint"])
     assert third.stage.video_frames == 2 and third.stage.annotation_from_backbone
     assert third.stage.frozen == ["prompt_encoders.category.text.model."]
     assert set(third.stage.mixture.datasets) == set(third.stage.mixture.ratios)
     synthetic = config.compose("train", ["stage=1_pretrain", "stage/mixture=synthetic_stage1"])
     assert list(synthetic.stage.mixture.datasets) == ["synthetic_coco_boxes"]
-    from hydra.errors import ConfigCompositionException, MissingConfigException
-
     with pytest.raises((ConfigCompositionException, MissingConfigException)):
         config.compose("train", ["stage=4_nonexistent"])
 
 
 def test_overrides_apply_and_unknown_keys_fail():
-    composed = config.compose("train", ["optim.optimizer.lr=0.5", "seed=3"])
+    composed = config.compose("train", ["stage=2_image_joint", "optim.optimizer.lr=0.5", "seed=3"])
     assert composed.optim.optimizer.lr == 0.5 and composed.seed == 3
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException):
-        config.compose("train", ["optim.optimizer.no_such_key=1"])
+        config.compose("train", ["stage=2_image_joint", "optim.optimizer.no_such_key=1"])
 
 
 def test_unknown_config_name_is_a_clear_error():
@@ -129,7 +129,8 @@ def test_wheel_ships_the_configs(tmp_path):
     )
     code = (
         "from unipercept import config;"
-        "print(config.config_dir()); print(config.compose('train').optim.optimizer._target_)"
+        "print(config.config_dir()); "
+        "print(config.compose('train', ['stage=2_image_joint']).optim.optimizer._target_)"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run(
@@ -178,7 +179,9 @@ def test_unipercept_configs_build_the_model_tasks_and_criterion():
     frozen = config.instantiate(config.compose_group_option("model", "unipercept_frozen_detector"))
     trainable = {n.split(".")[1] for n, p in frozen.named_parameters() if p.requires_grad}
     assert trainable == {"mask_branch", "controller", "quality"}
-    with_nms = config.compose("train", ["+task=insseg", "task/suppression=matrix_nms"]).task
+    with_nms = config.compose(
+        "train", ["stage=2_image_joint", "+task=insseg", "task/suppression=matrix_nms"]
+    ).task
     task = config.instantiate(with_nms)
     assert isinstance(task, InstanceSegmentationTask) and isinstance(task.suppression, MatrixNMS)
     assert config.instantiate(config.compose_group_option("task", "det")).suppression is None
