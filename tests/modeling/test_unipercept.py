@@ -227,3 +227,25 @@ def test_embedding_loss_between_two_frames(model):
     without_ids = [t.replace(track_ids=None) for t in targets(False)]
     with pytest.raises(ValueError, match="has no track_ids"):
         criterion.embedding_loss(key, without_ids, reference, targets(False))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = tiny_unipercept().train()
+    batch = images()
+    criterion = UniPerceptCriterion(matcher=HungarianMatcher())
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        torch.manual_seed(1)
+        losses = criterion(model(batch, PROMPTS["det"]()), targets(False), batch)
+        total_loss(losses, criterion.weight_dict).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.enable_gradient_checkpointing()
+    assert model.encoder.gradient_checkpointing and model.decoder.gradient_checkpointing
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,13 +218,19 @@ class Trainer:
                 if settings.clip_grad_norm > 0:
                     nn.utils.clip_grad_norm_(self.model.parameters(), settings.clip_grad_norm)
                 self.optimizer.step()
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                # A skipped step still advances the schedule, which stays aligned with the step
+                # count (and with the batches, which never repeat); torch warns about that order.
+                warnings.filterwarnings(
+                    "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
+                )
+                self.scheduler.step()
             self.step += 1
             bar.update(1)
             if self.step % settings.log_every == 0 or self.step == settings.max_steps:
                 self._log(losses, loss, batch, writer, started, bar)
             if on_step is not None:
-                on_step(self.step, {k: float(v) for k, v in losses.items()})
+                on_step(self.step, {k: float(v.detach()) for k, v in losses.items()})
             if self.step % settings.checkpoint_every == 0 or self.step == settings.max_steps:
                 self.save()
         bar.close()
