@@ -1,5 +1,15 @@
-"""Trackers behind one interface: ``update(Instances) -> Instances``."""
+"""Trackers behind one interface: ``update(Instances) -> Instances``.
+
+- :class:`QDTrack`: bi-softmax over appearance embeddings (UNINEXT's MOT tracker);
+- :class:`IdolTracker`: a memory bank of embeddings per track (UNINEXT's VIS tracker);
+- :class:`ByteTrack`: two-threshold box-IoU association, no embeddings needed;
+- :class:`FlowTracker`: optical-flow-warped mask IoU (the UVO tracker), needs the frame.
+"""
 
 from unipercept.tracking.base import Tracker
+from unipercept.tracking.bytetrack import ByteTrack
+from unipercept.tracking.flow import FlowTracker
+from unipercept.tracking.idol import IdolTracker
+from unipercept.tracking.qdtrack import QDTrack
 
-__all__ = ["Tracker"]
+__all__ = ["ByteTrack", "FlowTracker", "IdolTracker", "QDTrack", "Tracker"]

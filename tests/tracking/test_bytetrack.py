@@ -1,0 +1,178 @@
+"""ByteTrack: two-round IoU association with constant-velocity motion on synthetic scenes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unipercept.structures import Instances
+from unipercept.tracking import ByteTrack
+from unipercept.tracking.matching import hungarian_match
+
+from .scenarios import (
+    CROSSING_PAIR,
+    IMAGE_SIZE,
+    assert_bounded_state,
+    assert_one_id_per_object,
+    crossing_overlap,
+    idf1,
+    make_scene,
+    median_update_ms,
+    run,
+    scene_idf1,
+    track_ids_by_object,
+    twin_frames,
+)
+
+
+def test_hungarian_match_maximises_the_total_over_feasible_pairs():
+    score = torch.tensor([[0.9, 0.8], [0.85, 0.1], [0.3, 0.2]])  # (3, 2)
+    rows, columns = hungarian_match(score, score >= 0.2)
+    assert sorted(zip(rows.tolist(), columns.tolist(), strict=True)) == [(0, 1), (1, 0)]
+    rows, columns = hungarian_match(score, score >= 0.95)
+    assert len(rows) == len(columns) == 0
+
+
+def test_idf1_counts_an_identity_switch():
+    boxes = [torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])] * 10
+    gt_ids = [torch.tensor([1, 2])] * 10
+    assert idf1(gt_ids, boxes, gt_ids, boxes) == 1.0
+    # Halfway the two tracks swap objects: each object is its best track's for 5 frames of 10.
+    swapped = [torch.tensor([7, 9])] * 5 + [torch.tensor([9, 7])] * 5
+    assert idf1(gt_ids, boxes, swapped, boxes) == pytest.approx(0.5)
+
+
+def test_perfect_detections_give_idf1_one():
+    scene = make_scene(num_frames=80, num_objects=10, num_labels=2, lifespan=(20, 80), seed=2)
+    outputs = run(ByteTrack(), scene.frames)
+    assert scene_idf1(outputs, scene.frames) == 1.0
+    assert_one_id_per_object(track_ids_by_object(outputs, scene.frames))
+
+
+def test_noisy_detections_keep_idf1_high():
+    scene = make_scene(
+        num_frames=80,
+        num_objects=10,
+        num_labels=2,
+        lifespan=(20, 80),
+        box_noise=2.0,
+        miss_rate=0.05,
+        false_positives=2,
+        seed=2,
+    )
+    outputs = run(ByteTrack(), scene.frames)
+    assert scene_idf1(outputs, scene.frames) > 0.95  # misses alone cap it near 0.975
+
+
+@pytest.mark.parametrize("use_motion", [True, False])
+def test_crossing_objects_keep_their_ids_thanks_to_motion(use_motion):
+    for crossing_at_frame in (True, False):
+        scene = make_scene(
+            num_frames=30, num_objects=6, box_noise=1.0, crossing_at_frame=crossing_at_frame, seed=1
+        )
+        assert crossing_overlap(scene) > (0.5 if crossing_at_frame else 0.35)
+        tracker = ByteTrack(use_motion=use_motion)
+        history = track_ids_by_object(run(tracker, scene.frames), scene.frames)
+        if use_motion or crossing_at_frame:
+            assert_one_id_per_object(history)
+        else:  # passing between frames, their last boxes are closer to the other object
+            assert all(len(set(history[obj])) == 2 for obj in CROSSING_PAIR)
+
+
+def test_missed_detection_does_not_break_the_track():
+    frames = make_scene(num_frames=30, num_objects=5, seed=2).frames
+    frames[15] = frames[15].without(2)
+    history = track_ids_by_object(run(ByteTrack(), frames), frames)
+    assert len(history[2]) == 29
+    assert_one_id_per_object(history)
+
+
+@pytest.mark.parametrize(("gap", "same_id"), [(3, True), (4, False)])
+def test_track_missing_longer_than_max_lost_is_forgotten(gap, same_id):
+    frames = make_scene(num_frames=25, num_objects=5, seed=3).frames
+    for t in range(10, 10 + gap):
+        frames[t] = frames[t].without(4)
+    tracker = ByteTrack(max_lost=3)
+    ids = track_ids_by_object(run(tracker, frames), frames)[4]
+    assert (len(set(ids)) == 1) == same_id
+    assert tracker.num_tracks == 5
+
+
+def test_state_stays_bounded_and_ids_are_never_reused():
+    scene = make_scene(num_frames=500, num_objects=120, num_labels=3, lifespan=(15, 60), seed=5)
+    assert_bounded_state(ByteTrack(max_lost=10), scene, max_lost=10)
+
+
+def test_labels_are_respected():
+    tracker = ByteTrack()
+    ids_by_label: dict[int, set[int]] = {0: set(), 1: set()}
+    for frame in twin_frames(20):
+        output = tracker.update(frame)
+        for label, track in zip(output.labels.tolist(), output.track_ids.tolist(), strict=True):
+            ids_by_label[label].add(track)
+    assert len(ids_by_label[0]) == len(ids_by_label[1]) == 1
+    assert ids_by_label[0] != ids_by_label[1]
+
+
+def test_low_score_detections_continue_live_tracks_but_do_not_start_tracks():
+    frames = make_scene(num_frames=20, num_objects=5, crossing=False, seed=3).frames
+    frames = [frame.rescored(3, 0.3) for frame in frames]  # low: never starts a track
+    frames = [frame.rescored(4, 0.65) for frame in frames]  # high, but not enough to start
+    frames[5:] = [frame.rescored(0, 0.3) for frame in frames[5:]]  # low, continues its track
+    frames[8] = frames[8].rescored(1, 0.05)  # below low_threshold: ignored, the track is lost
+    frames[9] = frames[9].rescored(1, 0.3)  # low: cannot revive a lost track
+    tracker = ByteTrack()
+    history = track_ids_by_object(run(tracker, frames), frames)
+    assert 3 not in history and 4 not in history and tracker.num_tracks == 3
+    assert len(history[0]) == 20 and len(history[1]) == 18
+    assert_one_id_per_object(history)
+
+
+def test_reset_restarts_ids():
+    frames = make_scene(num_frames=5, num_objects=3, seed=6).frames
+    tracker = ByteTrack()
+    run(tracker, frames)
+    tracker.reset()
+    assert tracker.num_tracks == 0
+    assert sorted(tracker.update(frames[0].detections).track_ids.tolist()) == [1, 2, 3]
+
+
+def test_empty_frames_age_tracks_out():
+    frames = make_scene(num_frames=1, num_objects=3, seed=7).frames
+    tracker = ByteTrack(max_lost=2)
+    tracker.update(frames[0].detections)
+    for _ in range(2):
+        output = tracker.update(Instances(IMAGE_SIZE))
+        assert len(output) == 0 and output.track_ids.shape == (0,)
+        assert tracker.num_tracks == 3
+    assert len(tracker.update(frames[0].detections[:0])) == 0
+    assert tracker.num_tracks == 0
+
+
+def test_embeddings_are_not_needed():
+    frame = make_scene(num_frames=1, num_objects=2, seed=8).frames[0]
+    output = ByteTrack().update(frame.detections.replace(embeddings=None))
+    assert sorted(output.track_ids.tolist()) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("high_threshold", 1.5),
+        ("low_threshold", 0.8),  # above high_threshold
+        ("new_track_threshold", -0.1),
+        ("match_iou", 2.0),
+        ("second_match_iou", -1.0),
+        ("max_lost", -1),
+    ],
+)
+def test_invalid_arguments_are_named(argument, value):
+    with pytest.raises(ValueError, match=argument):
+        ByteTrack(**{argument: value})
+
+
+def test_update_is_fast_with_100_tracks():
+    scene = make_scene(num_frames=15, num_objects=100, crossing=False, seed=9)
+    tracker = ByteTrack()
+    assert median_update_ms(tracker, scene.frames) < 25.0
+    assert tracker.num_tracks >= 90
