@@ -187,3 +187,29 @@ def test_unipercept_configs_build_the_model_tasks_and_criterion():
     assert config.instantiate(config.compose_group_option("task", "det")).suppression is None
     criterion = config.instantiate(config.compose_group_option("criterion", "unipercept"))
     assert isinstance(criterion, UniPerceptCriterion) and criterion.weight_dict["loss_dice"] == 5.0
+
+
+def test_video_task_configs_pick_a_tracker_per_video():
+    from unipercept.tasks import MultiObjectTrackingTask, VideoInstanceSegmentationTask
+    from unipercept.tracking import FlowTracker, IdolTracker, QDTrack
+
+    mot = config.instantiate(config.compose_group_option("task", "mot"))
+    assert isinstance(mot, MultiObjectTrackingTask)
+    first, second = mot.tracker(), mot.tracker()
+    assert isinstance(first, QDTrack) and first is not second  # a fresh tracker per video
+    assert isinstance(
+        config.instantiate(config.compose_group_option("task", "vis")).tracker(), IdolTracker
+    )
+    overridden = config.compose(
+        "train",
+        [
+            "stage=2_image_joint",
+            "+task=vis",
+            "tracker@task.tracker=flow",
+            "task.tracker.max_unmatched=2",
+        ],
+    ).task
+    vis = config.instantiate(overridden)
+    assert isinstance(vis, VideoInstanceSegmentationTask)
+    tracker = vis.tracker()
+    assert isinstance(tracker, FlowTracker) and tracker.max_unmatched == 2

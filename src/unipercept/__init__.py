@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _SUBPACKAGES = (
+    "api",
     "config",
     "criterion",
     "data",
@@ -21,6 +22,7 @@ _SUBPACKAGES = (
     "ops",
     "structures",
     "tasks",
+    "tracking",
 )
 
 if TYPE_CHECKING:

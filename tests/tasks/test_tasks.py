@@ -122,7 +122,7 @@ def test_referring_tasks_return_exactly_the_top_query():
 
 
 def test_task_table_and_prompts():
-    assert set(TASKS) == {"det", "insseg", "rec", "res"}
+    assert set(TASKS) == {"det", "insseg", "rec", "res", "sot", "vos", "mot", "mots", "vis", "rvos"}
     assert DetectionTask().make_prompt("cat. dog").names == ("cat", "dog")
     assert DetectionTask().make_prompt(["a", "b"]).names == ("a", "b")
     assert ReferringTask().make_prompt("the red one").text == "the red one"

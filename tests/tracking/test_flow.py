@@ -131,6 +131,16 @@ def test_low_scoring_detections_neither_match_nor_start_tracks():
     assert tracker.update(_detections(masks[1], [0.8]), frames[1]).track_ids.tolist() == [1]
 
 
+def test_empty_masks_never_start_tracks():
+    frames, masks = _scene([(10, 12)], step=(2, 2), num_frames=3)
+    tracker = FlowTracker(score_threshold=0.0, iou_threshold=0.0)
+    for frame, frame_masks in zip(frames, masks, strict=True):
+        empty = torch.zeros_like(frame_masks)
+        tracked = tracker.update(_detections(torch.cat((frame_masks, empty)), [0.5, 0.9]), frame)
+        assert tracked.track_ids.tolist() == [1]
+    assert tracker.num_tracks == 1
+
+
 def test_rle_masks_are_accepted_and_reset_starts_a_new_video():
     frames, masks = _scene([(10, 12)], step=(2, 2), num_frames=2)
     tracker = FlowTracker()

@@ -14,18 +14,24 @@ from unipercept.structures import ImageBatch, Instances, Prompt, clip_boxes, den
 
 
 class Task(ABC):
-    """A task builds its prompt from user input and post-processes the model's output.
+    """A task builds its prompt from user input and reads the model's predictions.
 
     The model never sees the task: a task only decides which prompt to build and how to read
-    the predictions (no task string reaches ``forward``).
+    the predictions (no task string reaches ``forward``). Image tasks post-process one batch;
+    video tasks (:mod:`unipercept.tasks.video`) start a session that is fed frame by frame.
     """
 
     name: ClassVar[str]
     prompt_kind: ClassVar[str]
+    with_masks: ClassVar[bool] = False
 
     @abstractmethod
     def make_prompt(self, *args, **kwargs) -> Prompt:
         """The prompt this task gives the model."""
+
+
+class ImageTask(Task):
+    """A task answered image by image."""
 
     @abstractmethod
     def postprocess(self, output: DecoderOutput, images: ImageBatch) -> list[Instances]:

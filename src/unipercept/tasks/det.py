@@ -7,11 +7,11 @@ from typing import ClassVar
 
 from unipercept.modeling.outputs import DecoderOutput
 from unipercept.structures import CategoryPrompt, ImageBatch, Instances
-from unipercept.tasks.base import Task, boxes_in_original, combined_scores, masks_in_original
+from unipercept.tasks.base import ImageTask, boxes_in_original, combined_scores, masks_in_original
 from unipercept.tasks.suppression import Suppression
 
 
-class DetectionTask(Task):
+class DetectionTask(ImageTask):
     """Boxes of every object of the asked categories.
 
     Args:
@@ -49,28 +49,32 @@ class DetectionTask(Task):
             CategoryPrompt.parse(names) if isinstance(names, str) else CategoryPrompt(tuple(names))
         )
 
+    def detections(
+        self, output: DecoderOutput, images: ImageBatch, index: int, with_embeddings: bool = False
+    ) -> Instances:
+        """Image ``index``'s results; ``with_embeddings`` adds each result's association
+        embedding (trackers need them)."""
+        scores = combined_scores(output, self.quality_weight)[index]  # (Q, K)
+        flat = scores.flatten()  # (Q*K,)
+        top, position = flat.topk(min(self.top_k, flat.numel()))
+        keep = top >= self.score_threshold
+        top, position = top[keep], position[keep]
+        classes = scores.shape[1]
+        queries, labels = position // classes, position % classes
+        fields = {
+            "boxes": boxes_in_original(output, images, index, queries),
+            "scores": top,
+            "labels": labels,
+        }
+        if self.with_masks:
+            fields["masks"] = masks_in_original(output, images, index, queries)
+        if with_embeddings:
+            fields["embeddings"] = output.embeddings[index, queries]
+        instances = Instances(images.original_sizes[index], **fields)
+        return self.suppression(instances) if self.suppression is not None else instances
+
     def postprocess(self, output: DecoderOutput, images: ImageBatch) -> list[Instances]:
-        scores = combined_scores(output, self.quality_weight)  # (B, Q, K)
-        results = []
-        for index in range(scores.shape[0]):
-            flat = scores[index].flatten()  # (Q*K,)
-            top, position = flat.topk(min(self.top_k, flat.numel()))
-            keep = top >= self.score_threshold
-            top, position = top[keep], position[keep]
-            classes = scores.shape[2]
-            queries, labels = position // classes, position % classes
-            fields = {
-                "boxes": boxes_in_original(output, images, index, queries),
-                "scores": top,
-                "labels": labels,
-            }
-            if self.with_masks:
-                fields["masks"] = masks_in_original(output, images, index, queries)
-            instances = Instances(images.original_sizes[index], **fields)
-            if self.suppression is not None:
-                instances = self.suppression(instances)
-            results.append(instances)
-        return results
+        return [self.detections(output, images, index) for index in range(len(images))]
 
 
 class InstanceSegmentationTask(DetectionTask):

@@ -6,10 +6,10 @@ from typing import ClassVar
 
 from unipercept.modeling.outputs import DecoderOutput
 from unipercept.structures import ExpressionPrompt, ImageBatch, Instances
-from unipercept.tasks.base import Task, boxes_in_original, combined_scores, masks_in_original
+from unipercept.tasks.base import ImageTask, boxes_in_original, combined_scores, masks_in_original
 
 
-class ReferringTask(Task):
+class ReferringTask(ImageTask):
     """The top-1 query for the expression: exactly one box per image.
 
     Args:

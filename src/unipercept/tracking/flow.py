@@ -132,14 +132,15 @@ class FlowTracker(Tracker):
     medium preset, on grey frames) warps each track's last mask into this frame. The flow is
     computed from the current frame to the previous one, the direction backward warping with
     ``cv2.remap`` needs: each new pixel looks up where it came from, which leaves no holes.
-    Detections scoring at least ``score_threshold`` are matched one-to-one to the warped masks
-    (Hungarian on ``1 - IoU``, pairs with IoU > ``iou_threshold``). A matched track takes the
-    detection (mask, box, score, labels, embeddings); an unmatched track keeps its warped mask
-    (box: the mask's tight box, score: its last detection's), so it can be found again, for at
-    most ``max_unmatched`` consecutive frames; an unmatched track whose warped mask is empty
-    (the object left the frame) is dropped at once. Unmatched detections start tracks. Finally,
-    greedy mask NMS at ``nms_iou`` (class-agnostic) removes the lower-scoring of duplicate
-    tracks, a track's score being ``frames_tracked * summed detection score`` as in UVO.
+    Detections scoring at least ``score_threshold``, with non-empty masks, are matched
+    one-to-one to the warped masks (Hungarian on ``1 - IoU``, pairs with IoU >
+    ``iou_threshold``). A matched track takes the detection (mask, box, score, labels,
+    embeddings); an unmatched track keeps its warped mask (box: the mask's tight box, score: its
+    last detection's), so it can be found again, for at most ``max_unmatched`` consecutive
+    frames; an unmatched track whose warped mask is empty (the object left the frame) is dropped
+    at once. Unmatched detections start tracks. Finally, greedy mask NMS at ``nms_iou``
+    (class-agnostic) removes the lower-scoring of duplicate tracks, a track's score being
+    ``frames_tracked * summed detection score`` as in UVO.
 
     State: the tracks (dense masks on the CPU) and the previous grey frame, downscaled. Track
     ids start at 1 and are never reused within a video; :meth:`reset` starts a new video.
@@ -261,7 +262,9 @@ class FlowTracker(Tracker):
         detections = detections.to("cpu")
         masks = detections.masks
         masks = masks.decode() if isinstance(masks, RLEMasks) else masks  # (N, H, W)
-        keep = detections.scores >= self.score_threshold  # (N,)
+        # An empty mask has nothing to warp or overlap: it could only start a track that never
+        # matches again.
+        keep = (detections.scores >= self.score_threshold) & masks.flatten(1).any(1)  # (N,)
         det_masks = masks[keep]  # (D, H, W)
         det_boxes = _tight_boxes(det_masks)  # (D, 4)
         boxes = detections.boxes[keep].float() if detections.boxes is not None else det_boxes

@@ -1,0 +1,215 @@
+"""Video tasks: SOT, VOS, MOT, MOTS, VIS and R-VOS. Each builds its prompt and starts a
+:class:`~unipercept.tasks.session.VideoSession` that is fed one frame at a time."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from torch import Tensor
+
+from unipercept.data.preprocess import ImagePreprocessor
+from unipercept.modeling.unipercept import UniPercept
+from unipercept.structures import AnnotationPrompt, CategoryPrompt, ExpressionPrompt, Prompt
+from unipercept.tasks.base import Task
+from unipercept.tasks.det import DetectionTask, InstanceSegmentationTask
+from unipercept.tasks.session import (
+    AnnotationSession,
+    ReferringSession,
+    TrackingSession,
+    VideoSession,
+)
+from unipercept.tasks.suppression import Suppression
+from unipercept.tracking.base import Tracker
+
+TrackerFactory = Callable[[], Tracker]
+
+
+class VideoTask(Task):
+    """A task answered online, frame after frame, within a session."""
+
+    @abstractmethod
+    def start(
+        self, model: UniPercept, prompt: Prompt | Sequence[Prompt], preprocess: ImagePreprocessor
+    ) -> VideoSession:
+        """A new session for one video."""
+
+
+class SingleObjectTrackingTask(VideoTask):
+    """SOT: the box of one target, given in the first frame, in every frame.
+
+    Args:
+        score_threshold: below this the target is reported absent for the frame.
+        update_interval, update_threshold: template update (every ``update_interval`` frames,
+            when found with at least ``update_threshold``).
+    """
+
+    name: ClassVar[str] = "sot"
+    prompt_kind: ClassVar[str] = "annotation"
+
+    def __init__(
+        self,
+        *,
+        score_threshold: float = 0.2,
+        update_interval: int = 10,
+        update_threshold: float = 0.6,
+    ) -> None:
+        if update_interval < 1:
+            raise ValueError(f"update_interval must be >= 1, got {update_interval}")
+        self.score_threshold = score_threshold
+        self.update_interval = update_interval
+        self.update_threshold = update_threshold
+
+    def make_prompt(
+        self, frame: Tensor, box: Tensor | Sequence[float] | None = None, mask: Tensor | None = None
+    ) -> AnnotationPrompt:
+        return AnnotationPrompt(frame, box=box, mask=mask)
+
+    def start(
+        self, model: UniPercept, prompt: Prompt | Sequence[Prompt], preprocess: ImagePreprocessor
+    ) -> AnnotationSession:
+        prompts = [prompt] if isinstance(prompt, AnnotationPrompt) else list(prompt)
+        if not all(isinstance(p, AnnotationPrompt) for p in prompts):
+            raise ValueError(
+                f"{self.name} needs AnnotationPrompt(s): a box or mask in the first frame"
+            )
+        if not self.with_masks and len(prompts) != 1:
+            raise ValueError(f"sot follows one target, got {len(prompts)} annotations (use vos)")
+        return AnnotationSession(
+            model=model,
+            preprocess=preprocess,
+            prompts=prompts,
+            with_masks=self.with_masks,
+            score_threshold=self.score_threshold,
+            update_interval=self.update_interval,
+            update_threshold=self.update_threshold,
+        )
+
+
+class VideoObjectSegmentationTask(SingleObjectTrackingTask):
+    """VOS: the masks of one or several objects given in the first frame."""
+
+    name: ClassVar[str] = "vos"
+    with_masks: ClassVar[bool] = True
+
+
+def _default_tracker() -> Tracker:
+    from unipercept.tracking.qdtrack import QDTrack
+
+    return QDTrack()
+
+
+class MultiObjectTrackingTask(VideoTask):
+    """MOT: every object of the named categories, with identities across frames.
+
+    Args:
+        tracker: makes a fresh tracker for each video (``conf/tracker/*``).
+        score_threshold, top_k, quality_weight, suppression: per-frame detection, as in
+            :class:`~unipercept.tasks.det.DetectionTask`.
+    """
+
+    name: ClassVar[str] = "mot"
+    prompt_kind: ClassVar[str] = "category"
+    summarize_tracks: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        tracker: TrackerFactory = _default_tracker,
+        score_threshold: float = 0.1,
+        top_k: int = 100,
+        quality_weight: float = 0.5,
+        suppression: Suppression | None = None,
+    ) -> None:
+        self.tracker = tracker
+        detector = InstanceSegmentationTask if self.with_masks else DetectionTask
+        self.detector = detector(
+            score_threshold=score_threshold,
+            top_k=top_k,
+            quality_weight=quality_weight,
+            suppression=suppression,
+        )
+
+    def make_prompt(self, names: str | Sequence[str]) -> CategoryPrompt:
+        return self.detector.make_prompt(names)
+
+    def start(
+        self, model: UniPercept, prompt: Prompt | Sequence[Prompt], preprocess: ImagePreprocessor
+    ) -> TrackingSession:
+        if not isinstance(prompt, CategoryPrompt):
+            raise ValueError(f"{self.name} needs a CategoryPrompt, got {type(prompt).__name__}")
+        embedding = model.encode_prompts([prompt])  # once per video
+        return TrackingSession(
+            model=model,
+            preprocess=preprocess,
+            prompt=embedding,
+            detector=self.detector,
+            tracker=self.tracker(),
+            summarize_tracks=self.summarize_tracks,
+        )
+
+
+class MultiObjectTrackingSegmentationTask(MultiObjectTrackingTask):
+    """MOTS: MOT with a mask for every tracked object."""
+
+    name: ClassVar[str] = "mots"
+    with_masks: ClassVar[bool] = True
+
+
+def _idol_tracker() -> Tracker:
+    from unipercept.tracking.idol import IdolTracker
+
+    return IdolTracker()
+
+
+class VideoInstanceSegmentationTask(MultiObjectTrackingTask):
+    """VIS: masks with identities; each track gets one category and score for the video
+    (``session.close().track_labels``). IDOL's memory-bank tracker by default."""
+
+    name: ClassVar[str] = "vis"
+    with_masks: ClassVar[bool] = True
+    summarize_tracks: ClassVar[bool] = True
+
+    def __init__(self, *, tracker: TrackerFactory = _idol_tracker, **kwargs) -> None:
+        super().__init__(tracker=tracker, **kwargs)
+
+
+class ReferringVideoTask(VideoTask):
+    """R-VOS: the object an expression names, in every frame.
+
+    Args:
+        vote: also follow the top candidates as trajectories, so that ``close()`` votes for
+            the best one over the whole video and ``replay`` gives its masks (ReferFormer's
+            offline mode); without it the answer is the online top-1 per frame.
+        candidates: top candidates followed per frame for the vote.
+        tracker: the trajectory tracker for the vote.
+    """
+
+    name: ClassVar[str] = "rvos"
+    prompt_kind: ClassVar[str] = "expression"
+    with_masks: ClassVar[bool] = True
+
+    def __init__(
+        self, *, vote: bool = False, candidates: int = 5, tracker: TrackerFactory = _default_tracker
+    ) -> None:
+        self.vote = vote
+        self.candidates = candidates
+        self.tracker = tracker
+
+    def make_prompt(self, text: str) -> ExpressionPrompt:
+        return ExpressionPrompt(text)
+
+    def start(
+        self, model: UniPercept, prompt: Prompt | Sequence[Prompt], preprocess: ImagePreprocessor
+    ) -> ReferringSession:
+        if not isinstance(prompt, ExpressionPrompt):
+            raise ValueError(f"rvos needs an ExpressionPrompt, got {type(prompt).__name__}")
+        return ReferringSession(
+            model=model,
+            preprocess=preprocess,
+            prompt=model.encode_prompts([prompt]),
+            with_masks=self.with_masks,
+            candidates=self.candidates,
+            tracker_factory=self.tracker if self.vote else None,
+        )
