@@ -90,3 +90,35 @@ def test_matrix_nms_benchmark_times_every_implementation(tmp_path):
     records = json.loads(out.read_text())
     assert {r["implementation"] for r in records} == {"matrix-nms", "mask-nms", "mask-nms-textbook"}
     assert all(r["count"] == 20 and r["ms"] > 0 and r["greedy_kept"] > 0 for r in records)
+
+
+def test_tracking_benchmark_times_every_tracker_following_its_objects(tmp_path):
+    out = tmp_path / "tracking.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "tracking.py"),
+            "--frames",
+            "2",
+            "--warmup",
+            "2",
+            "--counts",
+            "4",
+            "--height",
+            "96",
+            "--width",
+            "128",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    records = json.loads(out.read_text())
+    assert {r["tracker"] for r in records} == {"qdtrack", "idol", "bytetrack", "flow"}
+    for record in records:
+        assert record["count"] == 4 and record["tracks"] == 4  # every object really tracked
+        assert record["assoc_ms"] > 0 and record["model_ms"] > 0
+        assert record["fraction"] == record["assoc_ms"] / record["model_ms"]

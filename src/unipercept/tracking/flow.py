@@ -262,11 +262,12 @@ class FlowTracker(Tracker):
         detections = detections.to("cpu")
         masks = detections.masks
         masks = masks.decode() if isinstance(masks, RLEMasks) else masks  # (N, H, W)
-        # An empty mask has nothing to warp or overlap: it could only start a track that never
-        # matches again.
-        keep = (detections.scores >= self.score_threshold) & masks.flatten(1).any(1)  # (N,)
+        tight_boxes = _tight_boxes(masks)  # (N, 4)
+        # An empty mask (tight box of width 0) has nothing to warp or overlap: it could only
+        # start a track that never matches again.
+        keep = (detections.scores >= self.score_threshold) & (tight_boxes[:, 2] > 0)  # (N,)
         det_masks = masks[keep]  # (D, H, W)
-        det_boxes = _tight_boxes(det_masks)  # (D, 4)
+        det_boxes = tight_boxes[keep]  # (D, 4)
         boxes = detections.boxes[keep].float() if detections.boxes is not None else det_boxes
         dets = Instances(
             size,

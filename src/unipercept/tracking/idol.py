@@ -26,7 +26,7 @@ from unipercept.tracking.matching import (
 )
 
 # Dense masks are compared for duplicates on a grid this many pixels along the longer side.
-_DENSE_MASK_GRID = 256
+_DENSE_MASK_GRID = 128
 
 
 def _suppress_duplicates(overlaps: Tensor, threshold: float) -> Tensor:
@@ -154,7 +154,8 @@ class IdolTracker(Tracker):
             # just as well on a coarser grid; masks thinner than the stride count as disjoint,
             # so the error is on the side of keeping both.
             stride = max(1, math.ceil(max(masks.shape[1:]) / _DENSE_MASK_GRID))
-            selected = masks[order, ::stride, ::stride]  # (K, H / stride, W / stride)
+            # Subsample before gathering: indexing first would copy every full-size mask.
+            selected = masks[:, ::stride, ::stride][order]  # (K, H / stride, W / stride)
             overlaps = mask_iou(selected, selected)  # (K, K)
         return order[_suppress_duplicates(overlaps, self.nms_iou)]
 
