@@ -269,6 +269,14 @@ def test_rvos_vote_picks_one_trajectory_and_replays_it(predictor):
 # ---------------------------------------------------------------- the session contract
 
 
+def test_model_start_is_the_predictor_session(predictor):
+    session = predictor.model.start(
+        "mot", "square", preprocess=predictor.preprocess, tracker=TRACKERS["bytetrack"]
+    )
+    assert isinstance(session, TrackingSession) and session.model is predictor.model
+    assert session.step(square_frame(0)).image_size == (HEIGHT, WIDTH)
+
+
 def test_closed_sessions_and_bad_frames_are_refused(predictor):
     session = predictor.start("mot", "square", tracker=TRACKERS["bytetrack"])
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):

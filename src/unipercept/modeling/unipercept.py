@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,10 @@ from unipercept.modeling.outputs import DecoderOutput, PromptEmbedding
 from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
 from unipercept.modeling.unipercept_heads import UniPerceptHeads
 from unipercept.structures import ImageBatch, Prompt
+
+if TYPE_CHECKING:
+    from unipercept.data.preprocess import ImagePreprocessor
+    from unipercept.tasks import VideoSession, VideoTask
 
 
 class UniPercept(nn.Module):
@@ -183,6 +188,24 @@ class UniPercept(nn.Module):
         a third more compute)."""
         self.encoder.gradient_checkpointing = enabled
         self.decoder.gradient_checkpointing = enabled
+
+    def start(
+        self,
+        task: str | VideoTask,
+        prompt: Prompt | str | Sequence[str] | Sequence[Prompt],
+        *,
+        preprocess: ImagePreprocessor | None = None,
+        **options: Any,
+    ) -> VideoSession:
+        """A video session on this model: ``session = model.start("mot", "person")``, then
+        ``session.step(frame)`` per frame and ``session.close()``.
+
+        The same as ``Predictor(model, preprocess=preprocess).start(task, prompt, **options)``
+        (see :class:`unipercept.api.Predictor`); puts the model in eval mode.
+        """
+        from unipercept.api import Predictor
+
+        return Predictor(self, preprocess=preprocess).start(task, prompt, **options)
 
     def freeze_detector(self) -> None:
         """Mask Frozen-DETR mode: only the mask branch, its controller and the quality heads
