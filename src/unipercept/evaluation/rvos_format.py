@@ -1,0 +1,118 @@
+"""The Ref-YouTube-VOS submission layout: what its evaluation server accepts.
+
+One binary PNG per frame and expression, zipped::
+
+    Annotations/<video_id>/<expression_id>/<frame_name>.png     (mode "L", 0 or 255)
+
+Every annotated frame of every expression of the split must be there, including those where the
+object is not found (an all-zero mask). :class:`RefYouTubeVosSubmission` writes the folder
+expression by expression, each expression atomically (a temporary folder renamed into place), so
+an interrupted run leaves only complete expressions, and :meth:`RefYouTubeVosSubmission.zip`
+packs it, also atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+class RefYouTubeVosSubmission:
+    """Writes predictions into ``root/Annotations/<video>/<expression>/<frame>.png``.
+
+    Args:
+        root: the submission folder (created when missing).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.annotations = self.root / "Annotations"
+
+    def write(self, video: str, expression: str, frame_names: Sequence[str], masks: Tensor) -> Path:
+        """Writes one expression's masks, replacing an earlier answer for it.
+
+        Args:
+            video, expression: the ids from ``meta_expressions.json``.
+            frame_names: the annotated frames' names (no extension), one per mask.
+            masks: (T, H, W) bool, the referred object in each frame (all False when absent).
+
+        Returns:
+            the expression's folder.
+        """
+        for name, value in (("video", video), ("expression", expression)):
+            if not value or "/" in value or value in (".", ".."):
+                raise ValueError(f"{name} id must be a plain folder name, got {value!r}")
+        if masks.ndim != 3 or masks.dtype != torch.bool:
+            raise ValueError(
+                f"masks of {video}/{expression} must be (T, H, W) bool, got "
+                f"{tuple(masks.shape)} {masks.dtype}"
+            )
+        if len(frame_names) != len(masks):
+            raise ValueError(
+                f"{video}/{expression}: {len(frame_names)} frame names for {len(masks)} masks"
+            )
+        if len(set(frame_names)) != len(frame_names):
+            raise ValueError(f"{video}/{expression}: frame names repeat")
+        target = self.annotations / video / expression
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{expression}-", dir=target.parent))
+        try:
+            for name, mask in zip(frame_names, masks.cpu().numpy(), strict=True):
+                if not name or "/" in name:
+                    raise ValueError(f"{video}/{expression}: bad frame name {name!r}")
+                image = Image.fromarray(mask.astype(np.uint8) * 255)  # 2-D uint8: mode "L"
+                image.save(staging / f"{name}.png")
+            if target.exists():
+                old = target.with_name(f".{expression}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                target.rename(old)
+                staging.rename(target)
+                shutil.rmtree(old)
+            else:
+                staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def zip(self, path: str | Path) -> Path:
+        """Packs ``Annotations/`` into the zip the server takes; written atomically."""
+        if not self.annotations.is_dir():
+            raise ValueError(f"nothing to pack: {self.annotations} does not exist")
+        path = Path(path)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        os.close(handle)
+        try:
+            with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
+                for file in sorted(self.annotations.rglob("*.png")):
+                    if any(part.startswith(".") for part in file.relative_to(self.root).parts):
+                        continue  # an unfinished or replaced expression
+                    archive.write(file, file.relative_to(self.root).as_posix())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def read_submission_masks(folder: str | Path) -> dict[str, Tensor]:
+    """One expression's folder back as ``{frame_name: (H, W) bool}``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"no expression folder {folder}")
+    masks = {}
+    for file in sorted(folder.glob("*.png")):
+        with Image.open(file) as image:
+            if image.mode not in ("L", "1", "P"):
+                raise ValueError(f"{file}: expected a grey or palette PNG, got mode {image.mode}")
+            masks[file.stem] = torch.from_numpy(np.asarray(image) > 0)
+    return masks

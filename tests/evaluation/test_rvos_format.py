@@ -1,0 +1,65 @@
+"""The Ref-YouTube-VOS submission layout: per-expression binary PNGs, written atomically."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unipercept.evaluation.rvos_format import RefYouTubeVosSubmission, read_submission_masks
+
+
+def _masks(count: int = 3, height: int = 12, width: int = 16) -> torch.Tensor:
+    masks = torch.zeros(count, height, width, dtype=torch.bool)
+    for t in range(count):
+        masks[t, 2:6, t : t + 5] = True
+    masks[-1] = False  # the object is not found in the last frame: still a file, all zero
+    return masks
+
+
+def test_layout_round_trip_and_zip(tmp_path):
+    submission = RefYouTubeVosSubmission(tmp_path / "sub")
+    masks = _masks()
+    folder = submission.write("0a1b2c", "1", ["00000", "00005", "00010"], masks)
+    assert folder == tmp_path / "sub" / "Annotations" / "0a1b2c" / "1"
+    with Image.open(folder / "00005.png") as image:
+        assert image.mode == "L" and set(np.unique(np.asarray(image))) == {0, 255}
+    back = read_submission_masks(folder)
+    assert list(back) == ["00000", "00005", "00010"]
+    assert all(torch.equal(back[n], m) for n, m in zip(back, masks, strict=True))
+    packed = submission.zip(tmp_path / "submission.zip")
+    with zipfile.ZipFile(packed) as archive:
+        assert sorted(archive.namelist()) == [
+            f"Annotations/0a1b2c/1/{n}.png" for n in ("00000", "00005", "00010")
+        ]
+
+
+def test_rewriting_an_expression_replaces_it_whole(tmp_path):
+    submission = RefYouTubeVosSubmission(tmp_path)
+    submission.write("v", "0", ["a", "b"], _masks(2))
+    folder = submission.write("v", "0", ["c"], _masks(1))
+    assert sorted(p.name for p in folder.iterdir()) == ["c.png"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["0"]
+
+
+def test_bad_input_names_the_expression_and_writes_nothing(tmp_path):
+    submission = RefYouTubeVosSubmission(tmp_path)
+    with pytest.raises(ValueError, match=r"v/0: 2 frame names for 3 masks"):
+        submission.write("v", "0", ["a", "b"], _masks(3))
+    with pytest.raises(ValueError, match="bool"):
+        submission.write("v", "0", ["a"], _masks(1).float())
+    with pytest.raises(ValueError, match="plain folder name"):
+        submission.write("../x", "0", ["a"], _masks(1))
+    with pytest.raises(ValueError, match="bad frame name"):
+        submission.write("v", "0", ["a", "b/c"], _masks(2))
+    # Nothing half-written: no expression folder, no staging left behind.
+    assert not (tmp_path / "Annotations" / "v" / "0").exists()
+    assert list((tmp_path / "Annotations" / "v").iterdir()) == []
+    with pytest.raises(ValueError, match="nothing to pack"):
+        RefYouTubeVosSubmission(tmp_path / "empty").zip(tmp_path / "x.zip")
+    assert not (tmp_path / "x.zip").exists()
+    with pytest.raises(ValueError, match="no expression folder"):
+        read_submission_masks(tmp_path / "missing")
