@@ -1,4 +1,4 @@
-"""The Ref-YouTube-VOS submission layout: what its evaluation server accepts.
+"""R-VOS results: the Ref-YouTube-VOS submission layout, and J&F per expression.
 
 One binary PNG per frame and expression, zipped::
 
@@ -8,7 +8,9 @@ Every annotated frame of every expression of the split must be there, including 
 object is not found (an all-zero mask). :class:`RefYouTubeVosSubmission` writes the folder
 expression by expression, each expression atomically (a temporary folder renamed into place), so
 an interrupted run leaves only complete expressions, and :meth:`RefYouTubeVosSubmission.zip`
-packs it, also atomically.
+packs it, also atomically. :func:`evaluate_rvos` scores such a folder against ground truth in
+the same layout (each expression a one-object sequence, J&F by the DAVIS rules of
+:mod:`unipercept.evaluation.davis`, averaged over expressions).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from unipercept.evaluation.davis import VosResult, evaluate_sequence
 
 
 class RefYouTubeVosSubmission:
@@ -116,3 +120,53 @@ def read_submission_masks(folder: str | Path) -> dict[str, Tensor]:
                 raise ValueError(f"{file}: expected a grey or palette PNG, got mode {image.mode}")
             masks[file.stem] = torch.from_numpy(np.asarray(image) > 0)
     return masks
+
+
+def evaluate_rvos(
+    gt_root: str | Path, pred_root: str | Path, *, exclude_first_last: bool = False
+) -> VosResult:
+    """J&F of R-VOS predictions, one object per expression.
+
+    Args:
+        gt_root, pred_root: folders in the submission layout (``Annotations/<video>/<exp>/``
+            or directly ``<video>/<exp>/``), binary PNGs (non-zero is the object).
+        exclude_first_last: drop each expression's first and last frame from the scores (the
+            DAVIS semi-supervised rule); R-VOS scores every annotated frame, so off by default.
+
+    Returns:
+        per-expression scores as :class:`~unipercept.evaluation.davis.VosResult` objects whose
+        ``sequence`` is ``"<video>/<expression>"``.
+    """
+    roots = []
+    for name, root in (("ground truth", Path(gt_root)), ("predictions", Path(pred_root))):
+        if not root.is_dir():
+            raise ValueError(f"{name} folder {root} does not exist")
+        roots.append(root / "Annotations" if (root / "Annotations").is_dir() else root)
+    gt, pred = roots
+    expressions = sorted(p.relative_to(gt) for p in gt.glob("*/*") if p.is_dir())
+    if not expressions:
+        raise ValueError(f"no <video>/<expression> folders in {gt}")
+    known = set(expressions)
+    for folder in sorted(pred.glob("*/*")):
+        hidden = folder.name.startswith(".")
+        if folder.is_dir() and not hidden and folder.relative_to(pred) not in known:
+            raise ValueError(f"{folder}: expression not in the ground truth {gt}")
+    objects = []
+    for expression in expressions:
+        if not (pred / expression).is_dir():
+            raise ValueError(f"{pred / expression}: no predictions for expression {expression}")
+        truth, predicted = (_indices(root / expression) for root in (gt, pred))
+        objects.extend(
+            evaluate_sequence(
+                truth,
+                predicted,
+                sequence=expression.as_posix(),
+                exclude_first_last=exclude_first_last,
+            )
+        )
+    return VosResult(tuple(objects))
+
+
+def _indices(folder: Path) -> dict[str, np.ndarray]:
+    """An expression's binary PNGs as (H, W) uint8 0/1 indices, the referred object being 1."""
+    return {k: v.numpy().astype(np.uint8) for k, v in read_submission_masks(folder).items()}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unipercept.evaluation.rvos_format import RefYouTubeVosSubmission, read_submission_masks
+from unipercept.evaluation.rvos import RefYouTubeVosSubmission, read_submission_masks
 
 
 def _masks(count: int = 3, height: int = 12, width: int = 16) -> torch.Tensor:
@@ -63,3 +63,30 @@ def test_bad_input_names_the_expression_and_writes_nothing(tmp_path):
     assert not (tmp_path / "x.zip").exists()
     with pytest.raises(ValueError, match="no expression folder"):
         read_submission_masks(tmp_path / "missing")
+
+
+def test_rvos_scores_each_expression_as_one_object(tmp_path):
+    from unipercept.evaluation.rvos import evaluate_rvos
+
+    truth = torch.zeros(4, 40, 40, dtype=torch.bool)
+    truth[:, 10:30, 10:30] = True  # a 20x20 object in every frame
+    frames = ["00000", "00005", "00010", "00015"]
+    gt = RefYouTubeVosSubmission(tmp_path / "gt")
+    gt.write("v", "0", frames, truth)
+    gt.write("v", "1", frames, truth)
+    pred = RefYouTubeVosSubmission(tmp_path / "pred")
+    pred.write("v", "0", frames, truth)  # perfect
+    shifted = torch.zeros_like(truth)
+    shifted[:, 10:30, 20:40] = True  # half the object: J = 200 / 600
+    pred.write("v", "1", frames, shifted)
+    result = evaluate_rvos(tmp_path / "gt", tmp_path / "pred")
+    assert [o.sequence for o in result.objects] == ["v/0", "v/1"]
+    assert result.objects[0].j.mean == 1.0 and result.objects[0].f.mean == 1.0
+    assert result.objects[1].j.mean == pytest.approx(1 / 3)
+    assert 0 < result.objects[1].f.mean < 1
+    assert result.j.mean == pytest.approx((1 + 1 / 3) / 2)
+    pred.write("w", "0", frames, truth)
+    with pytest.raises(ValueError, match="w/0: expression not in the ground truth"):
+        evaluate_rvos(tmp_path / "gt", tmp_path / "pred")
+    with pytest.raises(ValueError, match="ground truth folder"):
+        evaluate_rvos(tmp_path / "nope", tmp_path / "pred")
