@@ -1,0 +1,187 @@
+"""``python -m unipercept.evaluate TASK --gt PATH --results PATH``: scores result files.
+
+Scores existing prediction files, in the formats the benchmarks' servers take, against ground
+truth, with the metrics of :mod:`unipercept.evaluation`:
+
+| task | --gt | --results |
+|---|---|---|
+| det, insseg | COCO annotation json | COCO results json (insseg: masks; boxes optional) |
+| sot | LaSOT folder (sequence folders holding groundtruth.txt) | folder of <sequence>.txt |
+| vos | DAVIS / YouTube-VOS Annotations folder | folder of palette PNG folders |
+| rvos | Ref-YouTube-VOS layout (Annotations/<video>/<exp>/) | the same layout |
+| mot | MOTChallenge folder (<seq>/gt/gt.txt) | folder of <seq>.txt |
+| mots | MOTS txt folder | folder of <seq>.txt |
+| vis | YouTube-VIS annotation json | YouTube-VIS results json |
+
+Prints the scores; ``--json PATH`` also writes them (atomically). Bad input exits with status 2
+and one line naming the file and entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+TASKS = ("det", "insseg", "sot", "vos", "rvos", "mot", "mots", "vis")
+
+
+def _coco(gt: Path, results: Path, iou_types: Sequence[str]) -> dict[str, Any]:
+    from unipercept.evaluation.coco import evaluate_coco
+
+    scores = {}
+    for iou_type in iou_types:
+        result = evaluate_coco(gt, results, iou_type)
+        scores[iou_type] = {
+            f.name: getattr(result, f.name)
+            for f in dataclasses.fields(result)
+            if f.name != "iou_type"
+        }
+    return scores
+
+
+def _all_have_boxes(results: Path) -> bool:
+    try:
+        entries = json.loads(results.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False  # evaluate_coco reports the unreadable file, naming it
+    return isinstance(entries, list) and all(isinstance(e, dict) and "bbox" in e for e in entries)
+
+
+def _sot(gt: Path, results: Path) -> dict[str, Any]:
+    from unipercept.evaluation.sot import evaluate_sot
+
+    if not gt.is_dir():
+        raise ValueError(f"ground-truth folder {gt} does not exist")
+    if not results.is_dir():
+        raise ValueError(f"results folder {results} does not exist")
+    sequences = {p.parent.name: p.parent for p in sorted(gt.rglob("groundtruth.txt"))}
+    if not sequences:
+        raise ValueError(f"{gt}: no sequence folder holds a groundtruth.txt")
+    predictions = {name: results / f"{name}.txt" for name in sequences}
+    unknown = sorted(p.stem for p in results.glob("*.txt") if p.stem not in sequences)
+    if unknown:
+        raise ValueError(f"{results}: results for sequences not in {gt}: {unknown[:5]}")
+    result = evaluate_sot(sequences, predictions)
+    return {
+        "success_auc": result.success_auc,
+        "precision_20": result.precision_20,
+        "normalized_precision": result.normalized_precision,
+        "sequences": len(sequences),
+    }
+
+
+def _vos(result) -> dict[str, Any]:
+    return {
+        "J&F": result.j_and_f,
+        "J": dataclasses.asdict(result.j),
+        "F": dataclasses.asdict(result.f),
+        "objects": len(result.objects),
+    }
+
+
+def _mot(result) -> dict[str, Any]:
+    names = ("hota", "deta", "assa", "mota", "motp", "idf1", "smota")
+    scores = {name: getattr(result, name) for name in names}
+    scores["id_switches"] = result.id_switches
+    scores["sequences"] = {
+        name: {n: getattr(seq, n) for n in names} for name, seq in result.sequences.items()
+    }
+    return scores
+
+
+def evaluate_files(task: str, gt: str | Path, results: str | Path, **options: Any) -> dict:
+    """The scores of ``results`` against ``gt`` for ``task`` (see the module docstring)."""
+    gt, results = Path(gt), Path(results)
+    if task == "det":
+        return _coco(gt, results, ["bbox"])
+    if task == "insseg":
+        # Mask AP, and box AP too when every result carries its box (COCO segm results may not).
+        return _coco(gt, results, ["segm", "bbox"] if _all_have_boxes(results) else ["segm"])
+    if task == "sot":
+        return _sot(gt, results)
+    if task == "vos":
+        from unipercept.evaluation.davis import evaluate_vos
+
+        return _vos(evaluate_vos(gt, results))
+    if task == "rvos":
+        from unipercept.evaluation.rvos import evaluate_rvos
+
+        return _vos(evaluate_rvos(gt, results))
+    if task == "mot":
+        from unipercept.evaluation.mot import evaluate_mot
+
+        return _mot(evaluate_mot(gt, results, preprocess=options.get("preprocess", True)))
+    if task == "mots":
+        from unipercept.evaluation.mot import evaluate_mots
+
+        return _mot(evaluate_mots(gt, results))
+    if task == "vis":
+        from unipercept.evaluation.vis import evaluate_vis
+
+        return dataclasses.asdict(evaluate_vis(gt, results))
+    if task in ("rec", "res"):
+        raise ValueError(
+            f"{task} has no official results file to score; use "
+            "unipercept.evaluation.referring_box_precision / referring_mask_iou"
+        )
+    raise ValueError(f"unknown task {task!r}; tasks with result files are {list(TASKS)}")
+
+
+def _print(scores: dict, indent: str = "") -> None:
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            print(f"{indent}{key}:")
+            _print(value, indent + "  ")
+        elif isinstance(value, float):
+            print(f"{indent}{key}: {value:.6f}" if math.isfinite(value) else f"{indent}{key}: nan")
+        else:
+            print(f"{indent}{key}: {value}")
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(content, file, indent=2)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m unipercept.evaluate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("--gt", required=True, type=Path, help="ground truth (see --help)")
+    parser.add_argument("--results", required=True, type=Path, help="the predictions")
+    parser.add_argument("--json", type=Path, help="also write the scores here")
+    parser.add_argument(
+        "--mot15",
+        action="store_true",
+        help="mot: MOT15 ground truth (no classes, so no distractor preprocessing)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        scores = evaluate_files(args.task, args.gt, args.results, preprocess=not args.mot15)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    _print(scores)
+    if args.json:
+        _write_json(args.json, {"task": args.task, **scores})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

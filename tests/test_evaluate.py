@@ -1,0 +1,126 @@
+"""``python -m unipercept.evaluate``: result files scored through the command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unipercept import evaluate
+
+
+def test_coco_fixture_through_the_command_line(fixtures_dir, tmp_path, capsys):
+    folder = fixtures_dir / "coco_val2014_100"
+    out = tmp_path / "scores.json"
+    code = evaluate.main(
+        [
+            "insseg",
+            "--gt",
+            str(folder / "instances_val2014_100.json"),
+            "--results",
+            str(folder / "instances_val2014_fakesegm100_results.json"),
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    scores = json.loads(out.read_text())
+    assert scores["task"] == "insseg"
+    # The pinned segm AP of the cocoapi demo (fixtures/README.md).
+    assert scores["segm"]["ap"] == pytest.approx(0.3195453, abs=1e-6)
+    assert "bbox" not in scores  # these results carry no boxes
+    assert "ap:" in capsys.readouterr().out
+
+
+def test_davis_fixture_through_the_command_line(fixtures_dir, tmp_path):
+    root = fixtures_dir / "davis2016_blackswan"
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt" / "blackswan").symlink_to(root / "Annotations")
+    (tmp_path / "pred" / "blackswan").symlink_to(root / "osvos")
+    out = tmp_path / "vos.json"
+    args = ["vos", "--gt", str(tmp_path / "gt"), "--results", str(tmp_path / "pred")]
+    assert evaluate.main([*args, "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert scores["J"]["mean"] == pytest.approx(0.943020, abs=1e-4)
+    assert scores["F"]["mean"] == pytest.approx(0.974096, abs=1e-4)
+
+
+def test_mot15_through_the_command_line(tmp_path):
+    spec = importlib.util.find_spec("motmetrics")
+    if spec is None or spec.origin is None:
+        pytest.skip("motmetrics is not installed (its package data holds the MOT15 files)")
+    data = Path(spec.origin).parent / "data"
+    if not (data / "TUD-Campus" / "gt.txt").is_file():
+        pytest.skip(f"motmetrics' TUD-Campus data not found under {data}")
+    (tmp_path / "gt" / "TUD-Campus").mkdir(parents=True)
+    (tmp_path / "gt" / "TUD-Campus" / "gt.txt").write_bytes(
+        (data / "TUD-Campus" / "gt.txt").read_bytes()
+    )
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "TUD-Campus.txt").write_bytes(
+        (data / "TUD-Campus" / "test.txt").read_bytes()
+    )
+    out = tmp_path / "mot.json"
+    args = ["mot", "--gt", str(tmp_path / "gt"), "--results", str(tmp_path / "res"), "--mot15"]
+    assert evaluate.main([*args, "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    # TUD-Campus as pinned in fixtures/README.md (percent there, fractions here).
+    assert scores["mota"] == pytest.approx(0.5264624, abs=1e-5)
+    assert scores["idf1"] == pytest.approx(0.5576592, abs=1e-5)
+    # Without --mot15 the MOT16+ preprocessing refuses MOT15's class-less ground truth.
+    assert evaluate.main(args[:-1]) == 2
+
+
+def test_sot_perfect_lasot_folder(tmp_path):
+    boxes = np.array([[10, 10, 20, 20], [12, 11, 20, 20], [14, 12, 20, 20]], dtype=np.int64)
+    sequence = tmp_path / "gt" / "cat" / "cat-1"
+    sequence.mkdir(parents=True)
+    lines = "\n".join(",".join(map(str, b)) for b in boxes) + "\n"
+    (sequence / "groundtruth.txt").write_text(lines)
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "cat-1.txt").write_text(lines)
+    out = tmp_path / "sot.json"
+    args = ["sot", "--gt", str(tmp_path / "gt"), "--results", str(tmp_path / "res")]
+    assert evaluate.main([*args, "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    # IoU > threshold is strict (pytracking), so the curve is 0 at threshold 1: AUC 20/21.
+    assert scores["success_auc"] == pytest.approx(20 / 21)
+    assert scores["precision_20"] == 1.0 and scores["sequences"] == 1
+    (tmp_path / "res" / "dog-2.txt").write_text(lines)
+    assert evaluate.main(args) == 2
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "scores.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unipercept.evaluate",
+            "vis",
+            "--gt",
+            str(tmp_path / "missing.json"),
+            "--results",
+            str(tmp_path / "r.json"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "missing.json" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_referring_tasks_have_no_results_file():
+    with pytest.raises(ValueError, match="no official results file"):
+        evaluate.evaluate_files("rec", "a", "b")
