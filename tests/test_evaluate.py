@@ -124,3 +124,76 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
 def test_referring_tasks_have_no_results_file():
     with pytest.raises(ValueError, match="no official results file"):
         evaluate.evaluate_files("rec", "a", "b")
+
+
+def _tiny_coco(root: Path) -> tuple[Path, Path]:
+    from PIL import Image
+
+    images = root / "images"
+    images.mkdir(parents=True)
+    entries, annotations = [], []
+    for index in range(3):
+        pixels = np.full((64, 80, 3), 40, dtype=np.uint8)
+        x = 10 + 15 * index
+        pixels[20:44, x : x + 24] = (220, 40, 40)
+        Image.fromarray(pixels).save(images / f"{index:03d}.png")
+        entries.append(
+            {"id": 100 + index, "file_name": f"{index:03d}.png", "height": 64, "width": 80}
+        )
+        annotations.append(
+            {
+                "id": index + 1,
+                "image_id": 100 + index,
+                "category_id": 7,
+                "bbox": [x, 20, 24, 24],
+                "area": 576,
+                "iscrowd": 0,
+                "segmentation": [[x, 20, x + 24, 20, x + 24, 44, x, 44]],
+            }
+        )
+    categories = [{"id": 7, "name": "square"}, {"id": 9, "name": "circle"}]
+    gt = root / "instances.json"
+    gt.write_text(
+        json.dumps({"images": entries, "annotations": annotations, "categories": categories})
+    )
+    return gt, images
+
+
+def test_model_mode_runs_the_model_writes_results_and_scores(tmp_path):
+    import torch
+    from safetensors.torch import save_model
+
+    from unipercept import config
+    from unipercept.api import Predictor
+    from unipercept.data.io import load_image
+    from unipercept.data.preprocess import ImagePreprocessor
+
+    gt, images = _tiny_coco(tmp_path)
+    torch.manual_seed(0)
+    model = config.instantiate(config.compose_group_option("model", "unipercept_tiny")).eval()
+    weights = tmp_path / "model.safetensors"
+    save_model(model, str(weights))
+    results, out = tmp_path / "out" / "results.json", tmp_path / "scores.json"
+    args = ["insseg", "--gt", str(gt), "--results", str(results), "--images", str(images)]
+    args += ["--weights", str(weights), "--short-size", "64", "--max-size", "96"]
+    assert evaluate.main([*args, "--json", str(out)]) == 0
+    entries = json.loads(results.read_text())
+    assert {e["image_id"] for e in entries} <= {100, 101, 102} and entries
+    assert {e["category_id"] for e in entries} <= {7, 9}
+    assert all("segmentation" in e and "bbox" in e for e in entries)
+    scores = json.loads(out.read_text())
+    assert set(scores) == {"task", "segm", "bbox"}
+    assert 0.0 <= scores["segm"]["ap"] <= 1.0
+    # The saved weights were the ones used: the same model gives the same first detection.
+    predictor = Predictor(model, preprocess=ImagePreprocessor(short_size=64, max_size=96))
+    direct = predictor.predict(
+        load_image(images / "000.png"), ["square", "circle"], task="insseg", score_threshold=0.05
+    )
+    first = [e for e in entries if e["image_id"] == 100]
+    assert len(first) == len(direct)
+    assert first[0]["score"] == pytest.approx(float(direct.scores[0]), abs=1e-6)
+    # A missing weights file is one line and exit 2, and the earlier results stay as they were.
+    before = results.read_bytes()
+    bad = [*args[:-6], "--weights", str(tmp_path / "nope.safetensors")]
+    assert evaluate.main(bad) == 2
+    assert results.read_bytes() == before

@@ -13,6 +13,11 @@ truth, with the metrics of :mod:`unipercept.evaluation`:
 | mots | MOTS txt folder | folder of <seq>.txt |
 | vis | YouTube-VIS annotation json | YouTube-VIS results json |
 
+With ``--images DIR`` (det, insseg) a model is run first: every image of the ground-truth json
+is read from DIR, the model (``--model``, a ``conf/model`` name, with ``--weights``) is prompted
+with all the json's category names, and its detections are written to ``--results`` as a COCO
+results json (atomically) before being scored.
+
 Prints the scores; ``--json PATH`` also writes them (atomically). Bad input exits with status 2
 and one line naming the file and entry.
 """
@@ -97,6 +102,63 @@ def _mot(result) -> dict[str, Any]:
     return scores
 
 
+def predict_coco(
+    gt: Path,
+    images: Path,
+    results: Path,
+    *,
+    model_name: str = "unipercept_tiny",
+    weights: Path | None = None,
+    with_masks: bool = False,
+    short_size: int = 800,
+    max_size: int = 1333,
+    score_threshold: float = 0.05,
+) -> Path:
+    """Runs a model on every image of a COCO json and writes its COCO results json."""
+    import torch
+    from tqdm import tqdm
+
+    from unipercept import config
+    from unipercept.api import Predictor
+    from unipercept.data.io import load_image, load_json
+    from unipercept.data.preprocess import ImagePreprocessor
+    from unipercept.evaluation.coco import coco_results, write_coco_results
+    from unipercept.tasks import DetectionTask, InstanceSegmentationTask
+
+    if not gt.is_file():
+        raise ValueError(f"ground-truth file {gt} does not exist")
+    if not images.is_dir():
+        raise ValueError(f"images folder {images} does not exist")
+    content = load_json(gt)
+    categories = sorted(content.get("categories", []), key=lambda c: c["id"])
+    if not categories:
+        raise ValueError(f"{gt}: no categories to prompt the model with")
+    model = config.instantiate(config.compose_group_option("model", model_name))
+    if weights is not None:
+        from unipercept.engine.checkpoint import load_model_weights
+
+        load_model_weights(model, weights)
+    else:
+        print("warning: no --weights: the model's weights are as built", file=sys.stderr)
+    task_type = InstanceSegmentationTask if with_masks else DetectionTask
+    task = task_type(score_threshold=score_threshold, top_k=100)
+    predictor = Predictor(
+        model, preprocess=ImagePreprocessor(short_size=short_size, max_size=max_size)
+    )
+    prompt = task.make_prompt([c["name"] for c in categories])
+    category_ids = [c["id"] for c in categories]
+    entries = []
+    with torch.no_grad():
+        for image in tqdm(content.get("images", []), desc="predict", unit="image"):
+            path = images / image["file_name"]
+            if not path.is_file():
+                raise ValueError(f"{gt}: image {image['id']}: no file {path}")
+            found = predictor.predict(load_image(path), prompt, task=task)
+            entries.extend(coco_results(image["id"], found, category_ids))
+    results.parent.mkdir(parents=True, exist_ok=True)
+    return write_coco_results(results, entries, gt)
+
+
 def evaluate_files(task: str, gt: str | Path, results: str | Path, **options: Any) -> dict:
     """The scores of ``results`` against ``gt`` for ``task`` (see the module docstring)."""
     gt, results = Path(gt), Path(results)
@@ -166,6 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gt", required=True, type=Path, help="ground truth (see --help)")
     parser.add_argument("--results", required=True, type=Path, help="the predictions")
     parser.add_argument("--json", type=Path, help="also write the scores here")
+    parser.add_argument("--images", type=Path, help="det/insseg: run a model on these images first")
+    parser.add_argument("--model", default="unipercept_tiny", help="conf/model name (--images)")
+    parser.add_argument("--weights", type=Path, help="checkpoint folder or .safetensors")
+    parser.add_argument("--short-size", type=int, default=800)
+    parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument(
         "--mot15",
         action="store_true",
@@ -173,8 +240,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if args.images is not None:
+            if args.task not in ("det", "insseg"):
+                raise ValueError(f"--images runs a model for det and insseg, not {args.task}")
+            predict_coco(
+                args.gt,
+                args.images,
+                args.results,
+                model_name=args.model,
+                weights=args.weights,
+                with_masks=args.task == "insseg",
+                short_size=args.short_size,
+                max_size=args.max_size,
+            )
         scores = evaluate_files(args.task, args.gt, args.results, preprocess=not args.mot15)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print(scores)
