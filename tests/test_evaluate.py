@@ -197,3 +197,33 @@ def test_model_mode_runs_the_model_writes_results_and_scores(tmp_path):
     bad = [*args[:-6], "--weights", str(tmp_path / "nope.safetensors")]
     assert evaluate.main(bad) == 2
     assert results.read_bytes() == before
+
+
+def test_model_mode_vos_on_blackswan(fixtures_dir, tmp_path):
+    """VOS end to end on the real DAVIS sequence: first-frame mask in, palette PNGs out, scored.
+    The untrained tiny model's J is whatever it is; the first frame answers the annotation."""
+    from unipercept.data.io import load_index_png
+
+    root = fixtures_dir / "davis2016_blackswan"
+    frames = sorted((root / "JPEGImages").glob("*.jpg"))[:4]
+    for folder, files, suffix in (("images", frames, ".jpg"), ("gt", frames, ".png")):
+        (tmp_path / folder / "blackswan").mkdir(parents=True)
+        source = root / ("JPEGImages" if folder == "images" else "Annotations")
+        for frame in files:
+            name = frame.stem + suffix
+            (tmp_path / folder / "blackswan" / name).symlink_to(source / name)
+    out = tmp_path / "vos.json"
+    args = ["vos", "--gt", str(tmp_path / "gt"), "--images", str(tmp_path / "images")]
+    args += ["--results", str(tmp_path / "pred"), "--short-size", "96", "--max-size", "160"]
+    assert evaluate.main([*args, "--json", str(out)]) == 0
+    written = sorted(p.name for p in (tmp_path / "pred" / "blackswan").glob("*.png"))
+    assert written == [f"{f.stem}.png" for f in frames]
+    first = load_index_png(tmp_path / "pred" / "blackswan" / "00000.png")
+    truth = load_index_png(root / "Annotations" / "00000.png")
+    assert np.array_equal(first == 1, truth == 255)  # the annotated frame is the annotation
+    scores = json.loads(out.read_text())
+    assert scores["objects"] == 1 and 0.0 <= scores["J&F"] <= 1.0
+    # Scored against all 50 ground-truth frames, the 4 predicted ones are a clear error.
+    (tmp_path / "gt" / "blackswan").rename(tmp_path / "gt4")
+    (tmp_path / "gt" / "blackswan").symlink_to(root / "Annotations")
+    assert evaluate.main(args) == 2

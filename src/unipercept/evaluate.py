@@ -13,10 +13,12 @@ truth, with the metrics of :mod:`unipercept.evaluation`:
 | mots | MOTS txt folder | folder of <seq>.txt |
 | vis | YouTube-VIS annotation json | YouTube-VIS results json |
 
-With ``--images DIR`` (det, insseg) a model is run first: every image of the ground-truth json
+With ``--images DIR`` (det, insseg, vos) a model is run first: every image of the ground-truth json
 is read from DIR, the model (``--model``, a ``conf/model`` name, with ``--weights``) is prompted
 with all the json's category names, and its detections are written to ``--results`` as a COCO
-results json (atomically) before being scored.
+results json (atomically) before being scored. For vos, DIR holds ``<seq>/*.jpg``, the first
+ground-truth PNG of each sequence gives the objects, and the masks are written as palette PNG
+folders under ``--results``.
 
 Prints the scores; ``--json PATH`` also writes them (atomically). Bad input exits with status 2
 and one line naming the file and entry.
@@ -33,7 +35,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unipercept.api import Predictor
 
 TASKS = ("det", "insseg", "sot", "vos", "rvos", "mot", "mots", "vis")
 
@@ -102,6 +107,74 @@ def _mot(result) -> dict[str, Any]:
     return scores
 
 
+def build_predictor(
+    model_name: str, weights: Path | None, short_size: int, max_size: int
+) -> Predictor:
+    """The ``conf/model`` model ``model_name`` with ``weights`` loaded, in a Predictor."""
+    from unipercept import config
+    from unipercept.api import Predictor
+    from unipercept.data.preprocess import ImagePreprocessor
+
+    model = config.instantiate(config.compose_group_option("model", model_name))
+    if weights is not None:
+        from unipercept.engine.checkpoint import load_model_weights
+
+        load_model_weights(model, weights)
+    else:
+        print("warning: no --weights: the model's weights are as built", file=sys.stderr)
+    return Predictor(model, preprocess=ImagePreprocessor(short_size=short_size, max_size=max_size))
+
+
+def predict_vos(
+    gt: Path,
+    images: Path,
+    results: Path,
+    predictor: Predictor,
+    sequences: Sequence[str] | None = None,
+) -> Path:
+    """Runs VOS on DAVIS-style folders: each sequence's objects are given by the first
+    ground-truth PNG, followed through ``images/<seq>/*.jpg``, and written as palette PNG
+    folders ``results/<seq>/`` (each atomically)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from unipercept.data.io import load_image, load_index_png
+    from unipercept.evaluation.davis import VOID, write_index_folder
+    from unipercept.structures import AnnotationPrompt
+
+    if not gt.is_dir():
+        raise ValueError(f"ground-truth folder {gt} does not exist")
+    names = sorted(p.name for p in gt.iterdir() if p.is_dir()) if sequences is None else sequences
+    for name in tqdm(names, desc="vos", unit="sequence"):
+        frames = sorted((images / name).glob("*.jpg")) or sorted((images / name).glob("*.png"))
+        if not frames:
+            raise ValueError(f"{images / name}: no frames (.jpg or .png) for sequence {name}")
+        first = gt / name / f"{frames[0].stem}.png"
+        if not first.is_file():
+            raise ValueError(f"{first}: sequence {name} has no first-frame annotation")
+        index = load_index_png(first)
+        values = [int(v) for v in np.unique(index) if v != 0]
+        binary = values == [VOID]  # DAVIS-2016: one object marked 255
+        ids = [VOID] if binary else [v for v in values if v != VOID]
+        if not ids:
+            raise ValueError(f"{first}: the first frame annotates no object")
+        image = load_image(frames[0])
+        prompts = [AnnotationPrompt(image, mask=torch.from_numpy(index == i)) for i in ids]
+        written: dict[str, np.ndarray] = {}
+        with predictor.start("vos", prompts) as session:
+            for path in frames:
+                found = session.step(load_image(path))
+                out = np.zeros(found.image_size, dtype=np.uint8)
+                # Lower scores first, so the most confident object owns an overlap.
+                for k in torch.argsort(found.scores).tolist():
+                    label = 1 if binary else ids[int(found.track_ids[k]) - 1]
+                    out[found.masks[k].numpy()] = label
+                written[path.stem] = out
+        write_index_folder(results / name, written)
+    return results
+
+
 def predict_coco(
     gt: Path,
     images: Path,
@@ -118,10 +191,7 @@ def predict_coco(
     import torch
     from tqdm import tqdm
 
-    from unipercept import config
-    from unipercept.api import Predictor
     from unipercept.data.io import load_image, load_json
-    from unipercept.data.preprocess import ImagePreprocessor
     from unipercept.evaluation.coco import coco_results, write_coco_results
     from unipercept.tasks import DetectionTask, InstanceSegmentationTask
 
@@ -133,18 +203,9 @@ def predict_coco(
     categories = sorted(content.get("categories", []), key=lambda c: c["id"])
     if not categories:
         raise ValueError(f"{gt}: no categories to prompt the model with")
-    model = config.instantiate(config.compose_group_option("model", model_name))
-    if weights is not None:
-        from unipercept.engine.checkpoint import load_model_weights
-
-        load_model_weights(model, weights)
-    else:
-        print("warning: no --weights: the model's weights are as built", file=sys.stderr)
     task_type = InstanceSegmentationTask if with_masks else DetectionTask
     task = task_type(score_threshold=score_threshold, top_k=100)
-    predictor = Predictor(
-        model, preprocess=ImagePreprocessor(short_size=short_size, max_size=max_size)
-    )
+    predictor = build_predictor(model_name, weights, short_size, max_size)
     prompt = task.make_prompt([c["name"] for c in categories])
     category_ids = [c["id"] for c in categories]
     entries = []
@@ -241,18 +302,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.images is not None:
-            if args.task not in ("det", "insseg"):
-                raise ValueError(f"--images runs a model for det and insseg, not {args.task}")
-            predict_coco(
-                args.gt,
-                args.images,
-                args.results,
-                model_name=args.model,
-                weights=args.weights,
-                with_masks=args.task == "insseg",
-                short_size=args.short_size,
-                max_size=args.max_size,
-            )
+            if args.task not in ("det", "insseg", "vos"):
+                raise ValueError(f"--images runs a model for det, insseg and vos, not {args.task}")
+            if args.task == "vos":
+                predictor = build_predictor(
+                    args.model, args.weights, args.short_size, args.max_size
+                )
+                predict_vos(args.gt, args.images, args.results, predictor)
+            else:
+                predict_coco(
+                    args.gt,
+                    args.images,
+                    args.results,
+                    model_name=args.model,
+                    weights=args.weights,
+                    with_masks=args.task == "insseg",
+                    short_size=args.short_size,
+                    max_size=args.max_size,
+                )
         scores = evaluate_files(args.task, args.gt, args.results, preprocess=not args.mot15)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
