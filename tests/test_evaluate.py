@@ -227,3 +227,52 @@ def test_model_mode_vos_on_blackswan(fixtures_dir, tmp_path):
     (tmp_path / "gt" / "blackswan").rename(tmp_path / "gt4")
     (tmp_path / "gt" / "blackswan").symlink_to(root / "Annotations")
     assert evaluate.main(args) == 2
+
+
+def _frames_folder(folder: Path, count: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for t in range(count):
+        pixels = np.full((64, 80, 3), 30, dtype=np.uint8)
+        pixels[20:40, 10 + 4 * t : 30 + 4 * t] = (200, 200, 50)
+        Image.fromarray(pixels).save(folder / f"{t + 1:06d}.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    import torch
+    from safetensors.torch import save_model
+
+    from unipercept import config
+
+    torch.manual_seed(0)
+    model = config.instantiate(config.compose_group_option("model", "unipercept_tiny"))
+    path = tmp_path_factory.mktemp("weights") / "model.safetensors"
+    save_model(model, str(path))
+    return path
+
+
+def test_model_mode_sot_and_mot_on_generated_folders(tmp_path, tiny_weights):
+    sequence = tmp_path / "lasot" / "bird" / "bird-1"
+    _frames_folder(sequence / "img", 3)
+    (sequence / "groundtruth.txt").write_text("10,20,20,20\n14,20,20,20\n18,20,20,20\n")
+    common = ["--weights", str(tiny_weights), "--short-size", "64", "--max-size", "96"]
+    lasot = str(tmp_path / "lasot")
+    sot = ["sot", "--gt", lasot, "--images", lasot, "--results", str(tmp_path / "sot")]
+    assert evaluate.main([*sot, *common, "--json", str(tmp_path / "sot.json")]) == 0
+    lines = (tmp_path / "sot" / "bird-1.txt").read_text().splitlines()
+    assert len(lines) == 3 and [float(v) for v in lines[0].split(",")] == [10, 20, 20, 20]
+    assert 0.0 <= json.loads((tmp_path / "sot.json").read_text())["success_auc"] <= 1.0
+
+    mot_root = tmp_path / "mot"
+    _frames_folder(mot_root / "SEQ-01" / "img1", 3)
+    (mot_root / "SEQ-01" / "gt").mkdir()
+    gt_rows = [f"{t},1,{10 + 4 * t},20,20,20,1,1,1\n" for t in (1, 2, 3)]
+    (mot_root / "SEQ-01" / "gt" / "gt.txt").write_text("".join(gt_rows))
+    mot = ["mot", "--gt", str(mot_root), "--images", str(mot_root)]
+    mot += ["--results", str(tmp_path / "res"), "--categories", "box", "ball"]
+    assert evaluate.main([*mot, *common, "--json", str(tmp_path / "mot.json")]) == 0
+    assert (tmp_path / "res" / "SEQ-01.txt").is_file()
+    scores = json.loads((tmp_path / "mot.json").read_text())
+    assert set(scores["sequences"]) == {"SEQ-01"} and scores["mota"] <= 1.0

@@ -18,7 +18,9 @@ is read from DIR, the model (``--model``, a ``conf/model`` name, with ``--weight
 with all the json's category names, and its detections are written to ``--results`` as a COCO
 results json (atomically) before being scored. For vos, DIR holds ``<seq>/*.jpg``, the first
 ground-truth PNG of each sequence gives the objects, and the masks are written as palette PNG
-folders under ``--results``.
+folders under ``--results``. For sot and mot, DIR is the dataset folder itself (LaSOT:
+``<seq>/img/`` beside ``groundtruth.txt``; MOTChallenge: ``<seq>/img1/``) and the result
+files go under ``--results``.
 
 Prints the scores; ``--json PATH`` also writes them (atomically). Bad input exits with status 2
 and one line naming the file and entry.
@@ -175,6 +177,72 @@ def predict_vos(
     return results
 
 
+def _frames(folder: Path, sequence: str) -> list[Path]:
+    frames = sorted(folder.glob("*.jpg")) or sorted(folder.glob("*.png"))
+    if not frames:
+        raise ValueError(f"{folder}: no frames (.jpg or .png) for sequence {sequence}")
+    return frames
+
+
+def predict_sot(gt: Path, results: Path, predictor: Predictor) -> Path:
+    """Runs SOT on a LaSOT-style folder: each sequence folder (the one holding
+    ``groundtruth.txt``) has its frames in ``img/``; the first ground-truth box starts the
+    tracker; ``results/<sequence>.txt`` gets one ``x,y,w,h`` per frame (0,0,0,0 where the
+    target is reported absent), each file atomically."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from unipercept.data.io import load_image
+    from unipercept.evaluation.sot import read_boxes_txt, write_boxes_txt
+    from unipercept.structures import AnnotationPrompt
+
+    if not gt.is_dir():
+        raise ValueError(f"ground-truth folder {gt} does not exist")
+    sequences = sorted(p.parent for p in gt.rglob("groundtruth.txt"))
+    if not sequences:
+        raise ValueError(f"{gt}: no sequence folder holds a groundtruth.txt")
+    for folder in tqdm(sequences, desc="sot", unit="sequence"):
+        x, y, w, h = read_boxes_txt(folder / "groundtruth.txt")[0]
+        frames = _frames(folder / "img", folder.name)
+        first = load_image(frames[0])
+        prompt = AnnotationPrompt(first, box=[x, y, x + w, y + h])
+        boxes = np.zeros((len(frames), 4))
+        with predictor.start("sot", prompt) as session:
+            for t, path in enumerate(frames):
+                found = session.step(first if t == 0 else load_image(path))
+                if len(found):
+                    x0, y0, x1, y1 = found.boxes[0].tolist()
+                    boxes[t] = (x0, y0, x1 - x0, y1 - y0)
+        write_boxes_txt(results / f"{folder.name}.txt", boxes)
+    return results
+
+
+def predict_mot(
+    gt: Path, results: Path, predictor: Predictor, categories: Sequence[str] = ("person",)
+) -> Path:
+    """Runs MOT on a MOTChallenge folder (``<seq>/img1/*.jpg``), prompted with ``categories``;
+    ``results/<seq>.txt`` in the MOTChallenge format, each file atomically."""
+    from tqdm import tqdm
+
+    from unipercept.data.io import load_image
+    from unipercept.evaluation.mot import write_mot_txt
+
+    if not gt.is_dir():
+        raise ValueError(f"ground-truth folder {gt} does not exist")
+    sequences = sorted(p for p in gt.iterdir() if (p / "img1").is_dir())
+    if not sequences:
+        raise ValueError(f"{gt}: no <sequence>/img1/ frame folders")
+    for folder in tqdm(sequences, desc="mot", unit="sequence"):
+        tracked = []
+        with predictor.start("mot", list(categories)) as session:
+            for path in _frames(folder / "img1", folder.name):
+                # Only boxes, ids and scores are written: a few numbers per object and frame.
+                found = session.step(load_image(path))
+                tracked.append(found.replace(masks=None, embeddings=None))
+        write_mot_txt(results / f"{folder.name}.txt", tracked)
+    return results
+
+
 def predict_coco(
     gt: Path,
     images: Path,
@@ -292,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, help="det/insseg: run a model on these images first")
     parser.add_argument("--model", default="unipercept_tiny", help="conf/model name (--images)")
     parser.add_argument("--weights", type=Path, help="checkpoint folder or .safetensors")
+    parser.add_argument(
+        "--categories", nargs="+", default=["person"], help="mot --images: the prompt's names"
+    )
     parser.add_argument("--short-size", type=int, default=800)
     parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument(
@@ -302,13 +373,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.images is not None:
-            if args.task not in ("det", "insseg", "vos"):
-                raise ValueError(f"--images runs a model for det, insseg and vos, not {args.task}")
-            if args.task == "vos":
+            runners = ("det", "insseg", "vos", "sot", "mot")
+            if args.task not in runners:
+                raise ValueError(f"--images runs a model for {', '.join(runners)}, not {args.task}")
+            if args.task in ("vos", "sot", "mot"):
                 predictor = build_predictor(
                     args.model, args.weights, args.short_size, args.max_size
                 )
-                predict_vos(args.gt, args.images, args.results, predictor)
+                if args.task == "vos":
+                    predict_vos(args.gt, args.images, args.results, predictor)
+                elif args.task == "sot":
+                    predict_sot(args.images, args.results, predictor)
+                else:
+                    predict_mot(args.images, args.results, predictor, args.categories)
             else:
                 predict_coco(
                     args.gt,
