@@ -276,3 +276,47 @@ def test_model_mode_sot_and_mot_on_generated_folders(tmp_path, tiny_weights):
     assert (tmp_path / "res" / "SEQ-01.txt").is_file()
     scores = json.loads((tmp_path / "mot.json").read_text())
     assert set(scores["sequences"]) == {"SEQ-01"} and scores["mota"] <= 1.0
+
+
+def test_model_mode_vis_on_a_generated_youtube_vis_json(tmp_path, tiny_weights):
+    from pycocotools import mask as mask_utils
+
+    _frames_folder(tmp_path / "JPEGImages" / "vid", 3)
+    names = [f"vid/{t + 1:06d}.png" for t in range(3)]
+    segmentations = []
+    for t in range(3):
+        mask = np.zeros((64, 80), dtype=np.uint8, order="F")
+        mask[20:40, 10 + 4 * t : 30 + 4 * t] = 1
+        rle = mask_utils.encode(mask)
+        segmentations.append({"size": rle["size"], "counts": rle["counts"].decode()})
+    gt = tmp_path / "instances.json"
+    gt.write_text(
+        json.dumps(
+            {
+                "videos": [{"id": 5, "height": 64, "width": 80, "length": 3, "file_names": names}],
+                "categories": [{"id": 3, "name": "box"}, {"id": 4, "name": "ball"}],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "video_id": 5,
+                        "category_id": 3,
+                        "iscrowd": 0,
+                        "segmentations": segmentations,
+                        "areas": [400.0] * 3,
+                        "bboxes": [[10 + 4 * t, 20, 20, 20] for t in range(3)],
+                    }
+                ],
+            }
+        )
+    )
+    results = tmp_path / "out" / "results.json"
+    args = ["vis", "--gt", str(gt), "--images", str(tmp_path / "JPEGImages")]
+    args += ["--results", str(results), "--weights", str(tiny_weights)]
+    args += ["--short-size", "64", "--max-size", "96", "--json", str(tmp_path / "vis.json")]
+    assert evaluate.main(args) == 0
+    entries = json.loads(results.read_text())
+    for entry in entries:
+        assert entry["video_id"] == 5 and entry["category_id"] in (3, 4)
+        assert len(entry["segmentations"]) == 3
+    scores = json.loads((tmp_path / "vis.json").read_text())
+    assert set(scores) == {"task", "ap", "ap50", "ap75", "ar1", "ar10"}

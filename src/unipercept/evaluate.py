@@ -13,14 +13,15 @@ truth, with the metrics of :mod:`unipercept.evaluation`:
 | mots | MOTS txt folder | folder of <seq>.txt |
 | vis | YouTube-VIS annotation json | YouTube-VIS results json |
 
-With ``--images DIR`` (det, insseg, vos) a model is run first: every image of the ground-truth json
-is read from DIR, the model (``--model``, a ``conf/model`` name, with ``--weights``) is prompted
-with all the json's category names, and its detections are written to ``--results`` as a COCO
-results json (atomically) before being scored. For vos, DIR holds ``<seq>/*.jpg``, the first
-ground-truth PNG of each sequence gives the objects, and the masks are written as palette PNG
-folders under ``--results``. For sot and mot, DIR is the dataset folder itself (LaSOT:
-``<seq>/img/`` beside ``groundtruth.txt``; MOTChallenge: ``<seq>/img1/``) and the result
-files go under ``--results``.
+With ``--images DIR`` (det, insseg, vos, sot, mot, vis) a model is run first. For det and insseg
+every image of the ground-truth json is read from DIR, the model (``--model``, a ``conf/model``
+name, with ``--weights``) is prompted with all the json's category names, and its detections are
+written to ``--results`` as a COCO results json (atomically) before being scored. For vos, DIR
+holds ``<seq>/*.jpg``, the first ground-truth PNG of each sequence gives the objects, and the
+masks are written as palette PNG folders under ``--results``. For sot and mot, DIR is the
+dataset folder itself (LaSOT: ``<seq>/img/`` beside ``groundtruth.txt``; MOTChallenge:
+``<seq>/img1/``) and the result files go under ``--results``. For vis, DIR holds the json's
+``file_names`` and ``--results`` is the results json.
 
 Prints the scores; ``--json PATH`` also writes them (atomically). Bad input exits with status 2
 and one line naming the file and entry.
@@ -243,6 +244,57 @@ def predict_mot(
     return results
 
 
+def predict_vis(gt: Path, images: Path, results: Path, predictor: Predictor) -> Path:
+    """Runs VIS on every video of a YouTube-VIS annotation json (frames ``images/<file_name>``),
+    prompted with all its category names; each track becomes one YouTube-VIS result (its
+    category and score from the whole video), written to ``results`` as one json, atomically.
+
+    The results json needs each track's mask in every frame, so the session's tracks are
+    gathered per video as compressed RLE (a few hundred bytes per mask), not as pixels.
+    """
+    from tqdm import tqdm
+
+    from unipercept.data.io import load_image, load_json
+    from unipercept.evaluation.vis import VisPrediction, write_vis_results
+    from unipercept.structures.masks import rle_encode
+
+    if not gt.is_file():
+        raise ValueError(f"ground-truth file {gt} does not exist")
+    content = load_json(gt)
+    categories = sorted(content.get("categories", []), key=lambda c: c["id"])
+    if not categories or "videos" not in content:
+        raise ValueError(f"{gt}: needs 'videos' and 'categories'")
+    names = [c["name"] for c in categories]
+    predictions = []
+    for video in tqdm(content["videos"], desc="vis", unit="video"):
+        length = len(video["file_names"])
+        tracks: dict[int, list] = {}
+        with predictor.start("vis", names) as session:
+            for t, name in enumerate(video["file_names"]):
+                path = images / name
+                if not path.is_file():
+                    raise ValueError(f"{gt}: video {video['id']}: no frame file {path}")
+                found = session.step(load_image(path))
+                for track, rle in zip(
+                    found.track_ids.tolist(), rle_encode(found.masks), strict=True
+                ):
+                    tracks.setdefault(track, [None] * length)[t] = rle
+            summary = session.close()
+        for track, segmentations in tracks.items():
+            label, score = summary.track_labels[track]
+            predictions.append(
+                VisPrediction(
+                    video_id=video["id"],
+                    category_id=categories[label]["id"],
+                    score=score,
+                    segmentations=tuple(segmentations),
+                )
+            )
+    results.parent.mkdir(parents=True, exist_ok=True)
+    write_vis_results(results, predictions)
+    return results
+
+
 def predict_coco(
     gt: Path,
     images: Path,
@@ -373,15 +425,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.images is not None:
-            runners = ("det", "insseg", "vos", "sot", "mot")
+            runners = ("det", "insseg", "vos", "sot", "mot", "vis")
             if args.task not in runners:
                 raise ValueError(f"--images runs a model for {', '.join(runners)}, not {args.task}")
-            if args.task in ("vos", "sot", "mot"):
+            if args.task in ("vos", "sot", "mot", "vis"):
                 predictor = build_predictor(
                     args.model, args.weights, args.short_size, args.max_size
                 )
                 if args.task == "vos":
                     predict_vos(args.gt, args.images, args.results, predictor)
+                elif args.task == "vis":
+                    predict_vis(args.gt, args.images, args.results, predictor)
                 elif args.task == "sot":
                     predict_sot(args.images, args.results, predictor)
                 else:
