@@ -320,3 +320,25 @@ def test_model_mode_vis_on_a_generated_youtube_vis_json(tmp_path, tiny_weights):
         assert len(entry["segmentations"]) == 3
     scores = json.loads((tmp_path / "vis.json").read_text())
     assert set(scores) == {"task", "ap", "ap50", "ap75", "ar1", "ar10"}
+
+
+@pytest.mark.parametrize("task", ["rec", "res"])
+def test_model_mode_referring_on_the_generated_refcoco(tmp_path, tiny_weights, monkeypatch, task):
+    from unipercept import config
+    from unipercept.data.synthetic import generate
+
+    generate(tmp_path / "synthetic", seed=0, size="small")
+    monkeypatch.setenv("UNIPERCEPT_DATA", str(tmp_path))
+    spec = config.instantiate(config.compose_group_option("data", "synthetic_refcoco"))
+    expressions = sum(len(s.expressions) for s in spec.read())
+    out = tmp_path / "scores.json"
+    args = [task, "--data", "synthetic_refcoco", "--weights", str(tiny_weights)]
+    args += ["--short-size", "64", "--max-size", "96"]
+    assert evaluate.main([*args, "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert scores["count"] == expressions > 0
+    key = "precision" if task == "rec" else "overall_iou"
+    assert 0.0 <= scores[key] <= 1.0
+    # A dataset of category prompts, or no dataset at all, is a one-line error.
+    assert evaluate.main([task, "--data", "synthetic_coco", "--weights", str(tiny_weights)]) == 2
+    assert evaluate.main([task]) == 2

@@ -23,6 +23,10 @@ dataset folder itself (LaSOT: ``<seq>/img/`` beside ``groundtruth.txt``; MOTChal
 ``<seq>/img1/``) and the result files go under ``--results``. For vis, DIR holds the json's
 ``file_names`` and ``--results`` is the results json.
 
+rec and res have no official results file: ``--data NAME`` (a ``conf/data`` referring dataset,
+``--data-override reader.split=val``) runs the model on every expression and reports P@0.5, or
+overall and mean IoU.
+
 Prints the scores; ``--json PATH`` also writes them (atomically). Bad input exits with status 2
 and one line naming the file and entry.
 """
@@ -295,6 +299,54 @@ def predict_vis(gt: Path, images: Path, results: Path, predictor: Predictor) -> 
     return results
 
 
+def evaluate_referring(
+    task: str, data: str, predictor: Predictor, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """REC (P@0.5) or RES (overall and mean IoU) of a model on a referring dataset named by its
+    ``conf/data`` config (e.g. ``refcoco`` with ``reader.split=val``): every expression of every
+    image is answered with the top-1 box or mask and compared with its target."""
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    from unipercept import config
+    from unipercept.data.io import load_image
+    from unipercept.evaluation.referring import referring_box_precision, referring_mask_iou
+    from unipercept.structures.masks import RLEMasks
+
+    try:
+        composed = config.compose_group_option("data", data)
+        OmegaConf.set_struct(composed, False)
+        for override in overrides:
+            key, _, value = override.partition("=")
+            if not value:
+                raise ValueError(f"--data-override {override!r}: expected key=value")
+            OmegaConf.update(composed, key, value, merge=True)
+        spec = config.instantiate(composed)
+    except HydraException as error:
+        raise ValueError(f"--data {data}: {error}") from error
+    if spec.prompt_kind != "expression":
+        raise ValueError(f"--data {data} trains {spec.prompt_kind} prompts, not expressions")
+    predicted, expected = [], []
+    for sample in tqdm(spec.read(), desc=task, unit="image"):
+        frame = sample.frames[0]
+        image = load_image(frame.image)
+        for expression in sample.expressions:
+            target = frame.instances[frame.instances.track_ids == expression.target_ids[0]]
+            found = predictor.predict(image, expression.text, task=task)
+            if task == "rec":
+                predicted.append(found.boxes[0])
+                expected.append(target.boxes[0])
+            else:
+                masks = target.masks
+                masks = masks.decode() if isinstance(masks, RLEMasks) else masks
+                predicted.append(found.masks[0])
+                expected.append(masks[0])
+    if task == "rec":
+        return dataclasses.asdict(referring_box_precision(predicted, expected))
+    return dataclasses.asdict(referring_mask_iou(predicted, expected))
+
+
 def predict_coco(
     gt: Path,
     images: Path,
@@ -405,9 +457,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m unipercept.evaluate", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("task", choices=TASKS)
-    parser.add_argument("--gt", required=True, type=Path, help="ground truth (see --help)")
-    parser.add_argument("--results", required=True, type=Path, help="the predictions")
+    parser.add_argument("task", choices=(*TASKS, "rec", "res"))
+    parser.add_argument("--gt", type=Path, help="ground truth (see --help)")
+    parser.add_argument("--results", type=Path, help="the predictions")
+    parser.add_argument(
+        "--data", help="rec/res: a conf/data referring dataset to run the model on (refcoco)"
+    )
+    parser.add_argument(
+        "--data-override", nargs="*", default=[], help="rec/res: key=value, e.g. reader.split=val"
+    )
     parser.add_argument("--json", type=Path, help="also write the scores here")
     parser.add_argument("--images", type=Path, help="det/insseg: run a model on these images first")
     parser.add_argument("--model", default="unipercept_tiny", help="conf/model name (--images)")
@@ -424,6 +482,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if args.task in ("rec", "res"):
+            if args.data is None:
+                raise ValueError(f"{args.task} is scored by running a model: give --data")
+            predictor = build_predictor(args.model, args.weights, args.short_size, args.max_size)
+            scores = evaluate_referring(args.task, args.data, predictor, args.data_override)
+            _print(scores)
+            if args.json:
+                _write_json(args.json, {"task": args.task, **scores})
+            return 0
+        if args.gt is None or args.results is None:
+            raise ValueError(f"{args.task} needs --gt and --results")
         if args.images is not None:
             runners = ("det", "insseg", "vos", "sot", "mot", "vis")
             if args.task not in runners:
