@@ -342,3 +342,30 @@ def test_model_mode_referring_on_the_generated_refcoco(tmp_path, tiny_weights, m
     # A dataset of category prompts, or no dataset at all, is a one-line error.
     assert evaluate.main([task, "--data", "synthetic_coco", "--weights", str(tiny_weights)]) == 2
     assert evaluate.main([task]) == 2
+
+
+def test_model_mode_mots_writes_non_overlapping_masks(tmp_path, tiny_weights):
+    from pycocotools import mask as mask_utils
+
+    from unipercept.evaluation.mot import read_mots_txt
+
+    root = tmp_path / "mots"
+    _frames_folder(root / "0002" / "img1", 3)
+    (root / "0002" / "gt").mkdir()
+    gt_rows = []
+    for t in range(3):
+        mask = np.zeros((64, 80), dtype=np.uint8, order="F")
+        mask[20:40, 10 + 4 * t : 30 + 4 * t] = 1
+        counts = mask_utils.encode(mask)["counts"].decode()
+        gt_rows.append(f"{t + 1} 2001 2 64 80 {counts}\n")
+    (root / "0002" / "gt" / "gt.txt").write_text("".join(gt_rows))
+    args = ["mots", "--gt", str(root), "--images", str(root), "--results", str(tmp_path / "res")]
+    args += ["--weights", str(tiny_weights), "--short-size", "64", "--max-size", "96"]
+    assert evaluate.main([*args, "--json", str(tmp_path / "mots.json")]) == 0
+    rows = read_mots_txt(tmp_path / "res" / "0002.txt")
+    for frame in set(rows.frames.tolist()):
+        chosen = rows.frames == frame
+        masks = [mask_utils.decode(r) for r, keep in zip(rows.rles, chosen, strict=True) if keep]
+        assert (np.sum(masks, axis=0) <= 1).all()  # MOTS masks never overlap
+    scores = json.loads((tmp_path / "mots.json").read_text())
+    assert "smota" in scores and set(scores["sequences"]) == {"0002"}

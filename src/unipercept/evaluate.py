@@ -13,15 +13,15 @@ truth, with the metrics of :mod:`unipercept.evaluation`:
 | mots | MOTS txt folder | folder of <seq>.txt |
 | vis | YouTube-VIS annotation json | YouTube-VIS results json |
 
-With ``--images DIR`` (det, insseg, vos, sot, mot, vis) a model is run first. For det and insseg
-every image of the ground-truth json is read from DIR, the model (``--model``, a ``conf/model``
-name, with ``--weights``) is prompted with all the json's category names, and its detections are
-written to ``--results`` as a COCO results json (atomically) before being scored. For vos, DIR
-holds ``<seq>/*.jpg``, the first ground-truth PNG of each sequence gives the objects, and the
-masks are written as palette PNG folders under ``--results``. For sot and mot, DIR is the
-dataset folder itself (LaSOT: ``<seq>/img/`` beside ``groundtruth.txt``; MOTChallenge:
-``<seq>/img1/``) and the result files go under ``--results``. For vis, DIR holds the json's
-``file_names`` and ``--results`` is the results json.
+With ``--images DIR`` (det, insseg, vos, sot, mot, mots, vis) a model is run first. For det and
+insseg every image of the ground-truth json is read from DIR, the model (``--model``, a
+``conf/model`` name, with ``--weights``) is prompted with all the json's category names, and its
+detections are written to ``--results`` as a COCO results json (atomically) before being scored.
+For vos, DIR holds ``<seq>/*.jpg``, the first ground-truth PNG of each sequence gives the
+objects, and the masks are written as palette PNG folders under ``--results``. For sot, mot and
+mots, DIR is the dataset folder itself (LaSOT: ``<seq>/img/`` beside ``groundtruth.txt``;
+MOTChallenge: ``<seq>/img1/``) and the result files go under ``--results``. For vis, DIR holds
+the json's ``file_names`` and ``--results`` is the results json.
 
 rec and res have no official results file: ``--data NAME`` (a ``conf/data`` referring dataset,
 ``--data-override reader.split=val``) runs the model on every expression and reports P@0.5, or
@@ -223,14 +223,20 @@ def predict_sot(gt: Path, results: Path, predictor: Predictor) -> Path:
 
 
 def predict_mot(
-    gt: Path, results: Path, predictor: Predictor, categories: Sequence[str] = ("person",)
+    gt: Path,
+    results: Path,
+    predictor: Predictor,
+    categories: Sequence[str] = ("person",),
+    with_masks: bool = False,
 ) -> Path:
-    """Runs MOT on a MOTChallenge folder (``<seq>/img1/*.jpg``), prompted with ``categories``;
-    ``results/<seq>.txt`` in the MOTChallenge format, each file atomically."""
+    """Runs MOT (or MOTS with ``with_masks``) on a MOTChallenge folder (``<seq>/img1/*.jpg``),
+    prompted with ``categories``; ``results/<seq>.txt`` in the MOTChallenge (or MOTS) txt
+    format, each file atomically. MOTS frames are kept as RLE until the file is written."""
     from tqdm import tqdm
 
     from unipercept.data.io import load_image
-    from unipercept.evaluation.mot import write_mot_txt
+    from unipercept.evaluation.mot import write_mot_txt, write_mots_txt
+    from unipercept.structures.masks import RLEMasks
 
     if not gt.is_dir():
         raise ValueError(f"ground-truth folder {gt} does not exist")
@@ -239,12 +245,17 @@ def predict_mot(
         raise ValueError(f"{gt}: no <sequence>/img1/ frame folders")
     for folder in tqdm(sequences, desc="mot", unit="sequence"):
         tracked = []
-        with predictor.start("mot", list(categories)) as session:
+        with predictor.start("mots" if with_masks else "mot", list(categories)) as session:
             for path in _frames(folder / "img1", folder.name):
-                # Only boxes, ids and scores are written: a few numbers per object and frame.
-                found = session.step(load_image(path))
-                tracked.append(found.replace(masks=None, embeddings=None))
-        write_mot_txt(results / f"{folder.name}.txt", tracked)
+                found = session.step(load_image(path)).replace(embeddings=None)
+                # Kept until the file is written: boxes and ids, and masks as RLE (MOTS).
+                masks = RLEMasks.from_dense(found.masks) if with_masks else None
+                tracked.append(found.replace(masks=masks))
+        target = results / f"{folder.name}.txt"
+        if with_masks:
+            write_mots_txt(target, tracked)
+        else:
+            write_mot_txt(target, tracked)
     return results
 
 
@@ -494,10 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.gt is None or args.results is None:
             raise ValueError(f"{args.task} needs --gt and --results")
         if args.images is not None:
-            runners = ("det", "insseg", "vos", "sot", "mot", "vis")
+            runners = ("det", "insseg", "vos", "sot", "mot", "mots", "vis")
             if args.task not in runners:
                 raise ValueError(f"--images runs a model for {', '.join(runners)}, not {args.task}")
-            if args.task in ("vos", "sot", "mot", "vis"):
+            if args.task in ("vos", "sot", "mot", "mots", "vis"):
                 predictor = build_predictor(
                     args.model, args.weights, args.short_size, args.max_size
                 )
@@ -508,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elif args.task == "sot":
                     predict_sot(args.images, args.results, predictor)
                 else:
-                    predict_mot(args.images, args.results, predictor, args.categories)
+                    with_masks = args.task == "mots"
+                    predict_mot(args.images, args.results, predictor, args.categories, with_masks)
             else:
                 predict_coco(
                     args.gt,

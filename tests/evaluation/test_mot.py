@@ -6,8 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
-from unipercept.evaluation.mot import evaluate_mot, evaluate_mots, read_mot_txt, write_mot_txt
+from unipercept.evaluation.mot import (
+    evaluate_mot,
+    evaluate_mots,
+    read_mot_txt,
+    read_mots_txt,
+    write_mot_txt,
+    write_mots_txt,
+)
 from unipercept.structures import Instances
 
 pytest.importorskip("trackeval", reason="MOT metrics are computed by TrackEval")
@@ -208,3 +216,32 @@ def test_mots_perfect_and_ignored(tmp_path):
     result = evaluate_mots({"0000": tmp_path / "gt.txt"}, {"0000": tmp_path / "res.txt"})
     assert (result.smota, result.mota, result.idf1, result.hota) == pytest.approx((1, 1, 1, 1))
     assert result.num_tracker_dets == 10 and result.false_positives == 0
+
+
+def test_mots_writer_resolves_overlaps_and_round_trips(tmp_path):
+    masks = torch.zeros(2, 10, 12, dtype=torch.bool)
+    masks[0, 2:8, 2:8] = True
+    masks[1, 4:10, 4:10] = True  # overlaps object 0 on [4:8, 4:8]
+    frame = Instances(
+        (10, 12),
+        boxes=torch.tensor([[2.0, 2, 8, 8], [4.0, 4, 10, 10]]),
+        scores=torch.tensor([0.9, 0.5]),
+        masks=masks,
+        track_ids=torch.tensor([5, 7]),
+    )
+    path = tmp_path / "0001.txt"
+    write_mots_txt(path, [frame, frame[:0]], first_frame=1)
+    rows = read_mots_txt(path)
+    assert rows.frames.tolist() == [1, 1] and rows.ids.tolist() == [5, 7]
+    assert rows.classes.tolist() == [2, 2]
+    decoded = [mask_utils.decode(rle).astype(bool) for rle in rows.rles]
+    assert np.array_equal(decoded[0], masks[0].numpy())  # the higher score keeps the overlap
+    assert np.array_equal(decoded[1], (masks[1] & ~masks[0]).numpy())
+    assert not (decoded[0] & decoded[1]).any()
+    # Perfect MOTS results of these (non-overlapping) masks score 1.
+    gt = tmp_path / "gt.txt"
+    gt.write_text(path.read_text().replace(" 5 2 ", " 2005 2 ").replace(" 7 2 ", " 2007 2 "))
+    assert evaluate_mots({"s": gt}, {"s": path}).smota == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="frame 1: a track id appears twice"):
+        write_mots_txt(tmp_path / "x.txt", [frame.replace(track_ids=torch.tensor([5, 5]))])
+    assert not (tmp_path / "x.txt").exists()

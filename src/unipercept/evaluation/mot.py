@@ -227,6 +227,58 @@ def write_mot_txt(
     _write_atomically(Path(path), "".join(lines))
 
 
+def write_mots_txt(
+    path: str | os.PathLike,
+    frames: Sequence[Instances],
+    class_id: int = MOTS_PEDESTRIAN,
+    first_frame: int = 1,
+) -> None:
+    """Writes tracker output in the MOTS txt format, ``frame id class_id height width rle``.
+
+    MOTS requires the masks of a frame not to overlap: where they do, the higher-scoring
+    object keeps the pixels (objects without any pixel left are not written). Written
+    atomically, like :func:`write_mot_txt`.
+
+    Args:
+        frames: per frame, instances with dense ``masks`` (N, H, W) bool (or RLE) and
+            ``track_ids``; ``scores`` order the overlaps when present.
+        class_id: the class written for every object (2: pedestrian in MOTSChallenge).
+        first_frame: number of ``frames[0]`` (MOTSChallenge counts from 1, KITTI-MOTS from 0).
+
+    Raises:
+        ValueError: a frame without masks or track ids, or a repeated track id (naming the
+            frame); nothing is written then.
+    """
+    from unipercept.structures.masks import RLEMasks, rle_encode
+
+    lines = []
+    for index, instances in enumerate(frames):
+        frame = first_frame + index
+        if len(instances) == 0:
+            continue
+        if instances.masks is None or instances.track_ids is None:
+            raise ValueError(f"frame {frame}: instances need masks and track_ids to be written")
+        masks = instances.masks
+        masks = (masks.decode() if isinstance(masks, RLEMasks) else masks).cpu().numpy()
+        ids = instances.track_ids.cpu().tolist()
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"frame {frame}: a track id appears twice")
+        scores = (
+            instances.scores.cpu().numpy() if instances.scores is not None else np.ones(len(ids))
+        )
+        owner = np.full(masks.shape[1:], -1, dtype=np.int64)  # (H, W)
+        for k in np.argsort(scores, kind="stable"):  # the best-scoring object is painted last
+            owner[masks[k]] = k
+        height, width = owner.shape
+        for k, track in enumerate(ids):
+            exclusive = owner == k
+            if not exclusive.any():
+                continue
+            counts = rle_encode(exclusive[None])[0]["counts"]
+            lines.append(f"{frame} {int(track)} {class_id} {height} {width} {counts}\n")
+    _write_atomically(Path(path), "".join(lines))
+
+
 def evaluate_mot(
     gt: str | os.PathLike | Mapping[str, str | os.PathLike],
     results: str | os.PathLike | Mapping[str, str | os.PathLike],
