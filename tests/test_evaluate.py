@@ -369,3 +369,23 @@ def test_model_mode_mots_writes_non_overlapping_masks(tmp_path, tiny_weights):
         assert (np.sum(masks, axis=0) <= 1).all()  # MOTS masks never overlap
     scores = json.loads((tmp_path / "mots.json").read_text())
     assert "smota" in scores and set(scores["sequences"]) == {"0002"}
+
+
+def test_model_mode_rvos_on_the_generated_refytvos(tmp_path, tiny_weights, monkeypatch):
+    from unipercept import config
+    from unipercept.data.synthetic import generate
+    from unipercept.evaluation.rvos import read_submission_masks
+
+    generate(tmp_path / "synthetic", seed=0, size="small")
+    monkeypatch.setenv("UNIPERCEPT_DATA", str(tmp_path))
+    samples = config.instantiate(config.compose_group_option("data", "synthetic_refytvos")).read()
+    out, submission = tmp_path / "rvos.json", tmp_path / "submission"
+    args = ["rvos", "--data", "synthetic_refytvos", "--weights", str(tiny_weights)]
+    args += ["--short-size", "64", "--max-size", "96", "--results", str(submission)]
+    assert evaluate.main([*args, "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert scores["expressions"] == sum(len(s.expressions) for s in samples) > 0
+    assert 0.0 <= scores["J&F"] <= 1.0
+    first = samples[0]
+    masks = read_submission_masks(submission / "Annotations" / first.sample_id / "0")
+    assert list(masks) == [frame.image.stem for frame in first.frames]

@@ -23,7 +23,9 @@ mots, DIR is the dataset folder itself (LaSOT: ``<seq>/img/`` beside ``groundtru
 MOTChallenge: ``<seq>/img1/``) and the result files go under ``--results``. For vis, DIR holds
 the json's ``file_names`` and ``--results`` is the results json.
 
-rec and res have no official results file: ``--data NAME`` (a ``conf/data`` referring dataset,
+rvos with ``--data NAME`` runs the model on an annotated referring video dataset and scores
+J&F per expression (``--results DIR`` also writes the submission layout). rec and res have no
+official results file: ``--data NAME`` (a ``conf/data`` referring dataset,
 ``--data-override reader.split=val``) runs the model on every expression and reports P@0.5, or
 overall and mean IoU.
 
@@ -310,20 +312,12 @@ def predict_vis(gt: Path, images: Path, results: Path, predictor: Predictor) -> 
     return results
 
 
-def evaluate_referring(
-    task: str, data: str, predictor: Predictor, overrides: Sequence[str] = ()
-) -> dict[str, Any]:
-    """REC (P@0.5) or RES (overall and mean IoU) of a model on a referring dataset named by its
-    ``conf/data`` config (e.g. ``refcoco`` with ``reader.split=val``): every expression of every
-    image is answered with the top-1 box or mask and compared with its target."""
+def _referring_spec(data: str, overrides: Sequence[str]):
+    """The DatasetSpec of ``conf/data/<data>`` with ``key=value`` overrides; expressions only."""
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    from tqdm import tqdm
 
     from unipercept import config
-    from unipercept.data.io import load_image
-    from unipercept.evaluation.referring import referring_box_precision, referring_mask_iou
-    from unipercept.structures.masks import RLEMasks
 
     try:
         composed = config.compose_group_option("data", data)
@@ -338,6 +332,77 @@ def evaluate_referring(
         raise ValueError(f"--data {data}: {error}") from error
     if spec.prompt_kind != "expression":
         raise ValueError(f"--data {data} trains {spec.prompt_kind} prompts, not expressions")
+    return spec
+
+
+def evaluate_rvos_model(
+    data: str,
+    predictor: Predictor,
+    overrides: Sequence[str] = (),
+    results: Path | None = None,
+) -> dict[str, Any]:
+    """R-VOS J&F of a model on an annotated referring video dataset (``conf/data``, e.g.
+    ``refytvos`` on its train split or a split with masks): each expression runs an online
+    session over its video; its top-1 masks are scored on the annotated frames against the
+    union of the target's masks, and, with ``results``, written in the submission layout."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from unipercept.data.io import load_image
+    from unipercept.evaluation.davis import VosResult, evaluate_sequence
+    from unipercept.evaluation.rvos import RefYouTubeVosSubmission
+    from unipercept.structures.masks import RLEMasks
+
+    spec = _referring_spec(data, overrides)
+    submission = RefYouTubeVosSubmission(results) if results is not None else None
+    objects = []
+    for sample in tqdm(spec.read(), desc="rvos", unit="video"):
+        annotated = [frame for frame in sample.frames if frame.annotated]
+        if not annotated:
+            raise ValueError(f"--data {data}: video {sample.sample_id} has no masks to score")
+        names = [frame.image.stem for frame in sample.frames]
+        for number, expression in enumerate(sample.expressions):
+            predicted, truth = {}, {}
+            with predictor.start("rvos", expression.text) as session:
+                for frame, name in zip(sample.frames, names, strict=True):
+                    found = session.step(load_image(frame.image))
+                    predicted[name] = found.masks[0].numpy().astype(np.uint8)
+                    if frame.annotated:
+                        instances = frame.instances
+                        masks = instances.masks
+                        masks = masks.decode() if isinstance(masks, RLEMasks) else masks
+                        target = torch.isin(
+                            instances.track_ids, torch.tensor(expression.target_ids)
+                        )
+                        truth[name] = masks[target].any(0).numpy().astype(np.uint8)
+            sequence = f"{sample.sample_id}/{number}"
+            objects.extend(evaluate_sequence(truth, predicted, sequence=sequence))
+            if submission is not None:
+                masks = torch.from_numpy(np.stack([predicted[n] for n in names]).astype(bool))
+                submission.write(sample.sample_id, str(number), names, masks)
+    result = VosResult(tuple(objects))
+    return {
+        "J&F": result.j_and_f,
+        "J": result.j.mean,
+        "F": result.f.mean,
+        "expressions": len(objects),
+    }
+
+
+def evaluate_referring(
+    task: str, data: str, predictor: Predictor, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """REC (P@0.5) or RES (overall and mean IoU) of a model on a referring dataset named by its
+    ``conf/data`` config (e.g. ``refcoco`` with ``reader.split=val``): every expression of every
+    image is answered with the top-1 box or mask and compared with its target."""
+    from tqdm import tqdm
+
+    from unipercept.data.io import load_image
+    from unipercept.evaluation.referring import referring_box_precision, referring_mask_iou
+    from unipercept.structures.masks import RLEMasks
+
+    spec = _referring_spec(data, overrides)
     predicted, expected = [], []
     for sample in tqdm(spec.read(), desc=task, unit="image"):
         frame = sample.frames[0]
@@ -472,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gt", type=Path, help="ground truth (see --help)")
     parser.add_argument("--results", type=Path, help="the predictions")
     parser.add_argument(
-        "--data", help="rec/res: a conf/data referring dataset to run the model on (refcoco)"
+        "--data", help="rec/res/rvos: a conf/data referring dataset to run the model on"
     )
     parser.add_argument(
         "--data-override", nargs="*", default=[], help="rec/res: key=value, e.g. reader.split=val"
@@ -493,11 +558,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        if args.task in ("rec", "res"):
+        if args.task in ("rec", "res") or (args.task == "rvos" and args.data is not None):
             if args.data is None:
                 raise ValueError(f"{args.task} is scored by running a model: give --data")
             predictor = build_predictor(args.model, args.weights, args.short_size, args.max_size)
-            scores = evaluate_referring(args.task, args.data, predictor, args.data_override)
+            if args.task == "rvos":
+                scores = evaluate_rvos_model(args.data, predictor, args.data_override, args.results)
+            else:
+                scores = evaluate_referring(args.task, args.data, predictor, args.data_override)
             _print(scores)
             if args.json:
                 _write_json(args.json, {"task": args.task, **scores})
