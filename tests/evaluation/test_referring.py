@@ -40,3 +40,17 @@ def test_bad_inputs():
         referring_box_precision([], [])
     with pytest.raises(ValueError, match="differ in size"):
         referring_mask_iou([torch.zeros(2, 2)], [torch.zeros(3, 3)])
+
+
+def test_perfect_answers_score_one_and_wrong_ones_zero():
+    boxes = [torch.tensor([0.0, 0.0, 10.0, 10.0]), torch.tensor([20.0, 5.0, 30.0, 25.0])]
+    far = [box + 100 for box in boxes]
+    assert referring_box_precision(boxes, boxes).precision == 1.0
+    assert referring_box_precision(far, boxes).precision == 0.0
+    masks = [torch.zeros(6, 6, dtype=torch.bool) for _ in range(2)]
+    masks[0][:3] = True
+    masks[1][:, 4:] = True
+    perfect = referring_mask_iou(masks, masks)
+    assert perfect.overall_iou == perfect.mean_iou == 1.0
+    wrong = referring_mask_iou([~m for m in masks], masks)
+    assert wrong.overall_iou == wrong.mean_iou == 0.0
