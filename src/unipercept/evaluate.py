@@ -39,9 +39,7 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -517,19 +515,9 @@ def _print(scores: dict, indent: str = "") -> None:
             print(f"{indent}{key}: {value}")
 
 
-def _write_json(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(content, file, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    from unipercept.data.io import write_text_atomic
+
     parser = argparse.ArgumentParser(
         prog="python -m unipercept.evaluate", description=__doc__.split("\n")[0]
     )
@@ -568,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scores = evaluate_referring(args.task, args.data, predictor, args.data_override)
             _print(scores)
             if args.json:
-                _write_json(args.json, {"task": args.task, **scores})
+                write_text_atomic(args.json, json.dumps({"task": args.task, **scores}, indent=2))
             return 0
         if args.gt is None or args.results is None:
             raise ValueError(f"{args.task} needs --gt and --results")
@@ -606,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _print(scores)
     if args.json:
-        _write_json(args.json, {"task": args.task, **scores})
+        write_text_atomic(args.json, json.dumps({"task": args.task, **scores}, indent=2))
     return 0
 
 

@@ -1,10 +1,13 @@
-"""Reading dataset files safely: images, palette PNGs, json, and RefCOCO's pickles."""
+"""Reading dataset files safely (images, palette PNGs, json, RefCOCO's pickles), and writing
+result files atomically."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,25 @@ def load_plain_pickle(path: str | Path) -> Any:
         return _PlainUnpickler(io.BytesIO(data), encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError) as error:
         raise DatasetError(path, "pickle", str(error)) from None
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Writes ``text`` to ``path`` so that readers see the old file or the whole new one.
+
+    The text goes to a temporary file in the same folder (created when missing), is flushed to
+    disk, and is renamed over ``path``; on any failure the temporary file is removed and
+    ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -21,7 +21,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from unipercept.data.io import write_text_atomic
 from unipercept.structures import Instances, RLEMasks, rle_encode
 
 IouType = Literal["bbox", "segm"]
@@ -349,19 +349,8 @@ def write_coco_results(
         source = f"{source} ({gt_name})"
     results = list(results)
     check_coco_results(results, coco, source=source)
-    # A temporary file in the same directory, so that os.replace is an atomic rename.
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(results, file, allow_nan=False, default=_json_default)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return path
+    text = json.dumps(results, allow_nan=False, default=_json_default)
+    return write_text_atomic(path, text)
 
 
 __all__ = [

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import NoReturn
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from unipercept.data.io import write_text_atomic
 from unipercept.structures import Instances
 
 PEDESTRIAN = 1  # MOTChallenge class evaluated
@@ -224,7 +224,7 @@ def write_mot_txt(
             # 9 significant digits give float32 values back exactly.
             numbers = ",".join(format(float(v), ".9g") for v in (*box, score))
             lines.append(f"{frame},{int(track)},{numbers},-1,-1,-1\n")
-    _write_atomically(Path(path), "".join(lines))
+    write_text_atomic(Path(path), "".join(lines))
 
 
 def write_mots_txt(
@@ -276,7 +276,7 @@ def write_mots_txt(
                 continue
             counts = rle_encode(exclusive[None])[0]["counts"]
             lines.append(f"{frame} {int(track)} {class_id} {height} {width} {counts}\n")
-    _write_atomically(Path(path), "".join(lines))
+    write_text_atomic(Path(path), "".join(lines))
 
 
 def evaluate_mot(
@@ -572,15 +572,3 @@ def _numbers(path: Path, number: int, fields: list[str]) -> list[float]:
 
 def _fail(path: Path, number: int, why: str) -> NoReturn:
     raise ValueError(f"{path}:{number}: {why}")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

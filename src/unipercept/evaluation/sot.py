@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from unipercept.data.io import write_text_atomic
 
 SUCCESS_THRESHOLDS = np.linspace(0.0, 1.0, 21)
 PRECISION_THRESHOLDS = np.arange(0.0, 51.0)
@@ -132,19 +133,7 @@ def write_boxes_txt(path: str | os.PathLike, boxes: np.ndarray) -> None:
         raise ValueError(f"boxes must have shape (T, 4), got {tuple(boxes.shape)}")
     path = Path(path)
     text = "".join(",".join(f"{v:.17g}" for v in row) + "\n" for row in boxes)
-    _atomic_write_text(path, text)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_text_atomic(path, text)
 
 
 def _read_flags(path: Path, length: int) -> np.ndarray:

@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from unipercept.data.io import write_text_atomic
 from unipercept.structures.masks import RLE, _check_rles, polygons_to_rle
 
 FrameMasks = tuple[RLE | None, ...]
@@ -155,18 +155,6 @@ def _frame_masks(
     return tuple(masks)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def _read_json(path: str | os.PathLike) -> object:
     path = Path(path)
     if not path.is_file():
@@ -229,7 +217,7 @@ def write_vis_results(path: str | os.PathLike, predictions: Sequence[VisPredicti
         }
         for p in predictions
     ]
-    _atomic_write_text(Path(path), json.dumps(entries))
+    write_text_atomic(Path(path), json.dumps(entries))
 
 
 def read_vis_results(path: str | os.PathLike) -> list[VisPrediction]:
