@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -46,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from unipercept.api import Predictor
+
+logger = logging.getLogger("unipercept.evaluate")
 
 TASKS = ("det", "insseg", "sot", "vos", "rvos", "mot", "mots", "vis")
 
@@ -128,7 +131,7 @@ def build_predictor(
 
         load_model_weights(model, weights)
     else:
-        print("warning: no --weights: the model's weights are as built", file=sys.stderr)
+        logger.warning("warning: no --weights: the model's weights are as built")
     return Predictor(model, preprocess=ImagePreprocessor(short_size=short_size, max_size=max_size))
 
 
@@ -504,19 +507,26 @@ def evaluate_files(task: str, gt: str | Path, results: str | Path, **options: An
     raise ValueError(f"unknown task {task!r}; tasks with result files are {list(TASKS)}")
 
 
-def _print(scores: dict, indent: str = "") -> None:
+def _format(scores: dict, indent: str = "") -> str:
+    """The scores as indented ``key: value`` lines."""
+    lines = []
     for key, value in scores.items():
         if isinstance(value, dict):
-            print(f"{indent}{key}:")
-            _print(value, indent + "  ")
+            lines.append(f"{indent}{key}:\n{_format(value, indent + '  ')}")
         elif isinstance(value, float):
-            print(f"{indent}{key}: {value:.6f}" if math.isfinite(value) else f"{indent}{key}: nan")
+            lines.append(
+                f"{indent}{key}: {value:.6f}" if math.isfinite(value) else f"{indent}{key}: nan"
+            )
         else:
-            print(f"{indent}{key}: {value}")
+            lines.append(f"{indent}{key}: {value}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from unipercept.data.io import write_text_atomic
+
+    # Errors and warnings are single lines on stderr; the scores go to stdout.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     parser = argparse.ArgumentParser(
         prog="python -m unipercept.evaluate", description=__doc__.split("\n")[0]
@@ -554,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scores = evaluate_rvos_model(args.data, predictor, args.data_override, args.results)
             else:
                 scores = evaluate_referring(args.task, args.data, predictor, args.data_override)
-            _print(scores)
+            sys.stdout.write(_format(scores) + "\n")
             if args.json:
                 write_text_atomic(args.json, json.dumps({"task": args.task, **scores}, indent=2))
             return 0
@@ -590,9 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         scores = evaluate_files(args.task, args.gt, args.results, preprocess=not args.mot15)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        logger.error("error: %s", error)
         return 2
-    _print(scores)
+    sys.stdout.write(_format(scores) + "\n")
     if args.json:
         write_text_atomic(args.json, json.dumps({"task": args.task, **scores}, indent=2))
     return 0

@@ -192,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = compose("train", overrides)
-        if print_only:
-            print(OmegaConf.to_yaml(cfg))
+        if print_only:  # the composed config is this command's output
+            sys.stdout.write(OmegaConf.to_yaml(cfg))
             return 0
         OmegaConf.resolve(cfg)  # interpolation errors surface now, before any work
         run(cfg)
     except (ConfigurationError, HydraException, OmegaConfBaseException) as error:
-        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        logger.error("error: %s", str(error).strip().splitlines()[0])
         return 2
     return 0
 
