@@ -116,6 +116,12 @@ def load_plain_pickle(path: str | Path) -> Any:
         raise DatasetError(path, "pickle", str(error)) from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Writes ``text`` to ``path`` so that readers see the old file or the whole new one.
 
@@ -131,6 +137,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
+        # mkstemp creates the file readable by its owner only; give it what open() would.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
