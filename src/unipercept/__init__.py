@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _SUBPACKAGES = (
     "api",
+    "assets",
     "config",
     "criterion",
     "data",
@@ -29,6 +30,14 @@ if TYPE_CHECKING:
     from unipercept import config, ops, structures
 
 
+def load_model(name_or_path: str = "unipercept-tiny", *, device=None):
+    """The bundled model of that name, or a folder from ``save_pretrained``, in eval mode:
+    ``model.predict(image, prompt)``, ``model.start(task, prompt)``."""
+    from unipercept.modeling.pretrained import load_model as _load_model
+
+    return _load_model(name_or_path, device=device)
+
+
 def __getattr__(name: str):
     if name in _SUBPACKAGES:
         return importlib.import_module(f"unipercept.{name}")
@@ -39,4 +48,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_SUBPACKAGES])
 
 
-__all__ = ["__version__", "config", "ops", "structures"]
+__all__ = ["__version__", "config", "load_model", "ops", "structures"]

@@ -21,6 +21,39 @@ from unipercept.structures import Instances, Prompt
 from unipercept.tasks import TASKS, ImageTask, Task, VideoSession, VideoTask
 
 
+def as_image(image: Any) -> Tensor:
+    """A (3, H, W) uint8 RGB tensor from a path, a PIL image, an (H, W, 3) uint8 array or such a
+    tensor (returned as is).
+
+    Raises:
+        ValueError: anything else, naming what was given.
+    """
+    import os
+
+    import numpy as np
+
+    if isinstance(image, (str, os.PathLike)):
+        from unipercept.data.io import load_image
+
+        return load_image(image)
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
+        return image
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}"
+            )
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    raise ValueError(
+        "image must be a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor, "
+        f"got {type(image).__name__}"
+    )
+
+
 def resolve_task(task: str | Task, **options: Any) -> Task:
     """A task object from its name (``"det"``, ..., ``"rvos"``) and options, or as given."""
     if isinstance(task, Task):

@@ -10,7 +10,9 @@ same weights detect any category names, a referring expression or an annotated t
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,11 +29,11 @@ from unipercept.modeling.neck import MultiScaleNeck
 from unipercept.modeling.outputs import DecoderOutput, PromptEmbedding
 from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
 from unipercept.modeling.unipercept_heads import UniPerceptHeads
-from unipercept.structures import ImageBatch, Prompt
+from unipercept.structures import ImageBatch, Instances, Prompt
 
 if TYPE_CHECKING:
     from unipercept.data.preprocess import ImagePreprocessor
-    from unipercept.tasks import VideoSession, VideoTask
+    from unipercept.tasks import ImageTask, VideoSession, VideoTask
 
 
 class UniPercept(nn.Module):
@@ -86,6 +88,10 @@ class UniPercept(nn.Module):
         self.box_refine = box_refine
         width = neck.hidden_dim
         self.query_conditioning = nn.Linear(width, width) if prompt_conditioned_queries else None
+        # Set by from_pretrained: the resolved config, the inference resolution, the folder.
+        self.config: dict[str, Any] | None = None
+        self.preprocess_settings: dict[str, int] = {}
+        self.pretrained_path: Path | None = None
 
     def encode_prompts(
         self, prompts: Sequence[Prompt], images: ImageBatch | None = None
@@ -189,6 +195,39 @@ class UniPercept(nn.Module):
         self.encoder.gradient_checkpointing = enabled
         self.decoder.gradient_checkpointing = enabled
 
+    def default_preprocess(self) -> ImagePreprocessor:
+        """The preprocessor at the resolution the model was saved with (800/1333 otherwise)."""
+        from unipercept.data.preprocess import ImagePreprocessor
+
+        return ImagePreprocessor(**self.preprocess_settings)
+
+    def predict(
+        self,
+        image: Any,
+        prompt: Prompt | str | Sequence[str],
+        task: str | ImageTask = "det",
+        *,
+        preprocess: ImagePreprocessor | None = None,
+        **options: Any,
+    ) -> Instances:
+        """Results for one image: ``model.predict("street.png", "person. car")``.
+
+        Args:
+            image: a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) uint8 tensor.
+            prompt: category names (``"cat. dog"``), an expression for rec/res, or a prompt.
+            task: det, insseg, rec or res (or an ImageTask); ``options`` go to the task
+                (e.g. ``score_threshold=0.3``).
+            preprocess: the resolution; default :meth:`default_preprocess`.
+
+        Returns:
+            Instances in the image's pixels (boxes xyxy, scores, labels, masks for
+            insseg/res). Puts the model in eval mode.
+        """
+        from unipercept.api import Predictor, as_image
+
+        predictor = Predictor(self, preprocess=preprocess or self.default_preprocess())
+        return predictor.predict(as_image(image), prompt, task=task, **options)
+
     def start(
         self,
         task: str | VideoTask,
@@ -201,11 +240,30 @@ class UniPercept(nn.Module):
         ``session.step(frame)`` per frame and ``session.close()``.
 
         The same as ``Predictor(model, preprocess=preprocess).start(task, prompt, **options)``
-        (see :class:`unipercept.api.Predictor`); puts the model in eval mode.
+        (see :class:`unipercept.api.Predictor`) with :meth:`default_preprocess` when none is
+        given; puts the model in eval mode.
         """
         from unipercept.api import Predictor
 
-        return Predictor(self, preprocess=preprocess).start(task, prompt, **options)
+        predictor = Predictor(self, preprocess=preprocess or self.default_preprocess())
+        return predictor.start(task, prompt, **options)
+
+    def save_pretrained(self, folder: str | os.PathLike[str], **options: Any) -> Path:
+        """Writes this model as a folder of safetensors weights and its resolved config; see
+        :func:`unipercept.modeling.pretrained.save_pretrained` for ``options``."""
+        from unipercept.modeling.pretrained import save_pretrained
+
+        return save_pretrained(self, folder, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], *, device: str | torch.device | None = None
+    ) -> UniPercept:
+        """A bundled model by name (``"unipercept-tiny"``) or a folder from
+        :meth:`save_pretrained`, in eval mode; weights are never unpickled."""
+        from unipercept.modeling.pretrained import from_pretrained
+
+        return from_pretrained(name_or_path, device=device)
 
     def freeze_detector(self) -> None:
         """Mask Frozen-DETR mode: only the mask branch, its controller and the quality heads
