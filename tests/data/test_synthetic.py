@@ -285,6 +285,29 @@ def test_mot_files(world):
             assert len(fields) == 10 and fields[1] == "-1" and 1 <= int(fields[0]) <= length
 
 
+def test_mots_ground_truth_matches_the_mot_tracks(world):
+    """Each MOT sequence has MOTS masks: the pedestrian tracks (class 2, id 2000 + track id)
+    in the frames where the MOT ground truth sees them (bar a pixel-less sliver), the rest as
+    the ignore region (class 10); the masks of a frame never overlap."""
+    from unipercept.evaluation.mot import read_mots_txt
+
+    for split in ("MOTSynth-train", "MOTSynth-val"):
+        for sequence in (world.mot / split).iterdir():
+            visible = set()
+            for line in (sequence / "gt" / "gt.txt").read_text().splitlines():
+                frame, track, *_, flag, _, visibility = line.split(",")
+                if flag == "1" and float(visibility) > 0:
+                    visible.add((int(frame), 2000 + int(track)))
+            mots = world.mot.parent / "mots" / split / sequence.name / "gt" / "gt.txt"
+            rows = [line.split(" ") for line in mots.read_text().splitlines()]
+            found = {(int(r[0]), int(r[1])) for r in rows if r[2] == "2"}
+            # A track the MOT ground truth calls barely visible may have no pixel left.
+            assert found <= visible and len(found) >= 0.9 * len(visible)
+            assert all(r[1] == "10000" for r in rows if r[2] == "10")
+            truth = read_mots_txt(mots)
+            assert len(truth.frames) > 0
+
+
 def test_refytvos_meta_reference_existing_frames_and_objects(world):
     for folder in ("train", "valid"):
         meta = json.loads((world.refytvos / folder / "meta.json").read_text())["videos"]

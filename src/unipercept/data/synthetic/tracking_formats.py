@@ -11,6 +11,7 @@ Layouts::
     mot/MOTSynth-{train,val}/<seq>/det/det.txt
     mot/MOTSynth-{train,val}/<seq>/seqinfo.ini
     mot/seqmaps/MOTSynth-{train,val}.txt
+    mots/MOTSynth-{train,val}/<seq>/gt/gt.txt    (the same sequences' masks, MOTS txt)
 
 TrackEval's ``MotChallenge2DBox`` reads ``mot/`` with ``GT_FOLDER=mot``, ``BENCHMARK="MOTSynth"``
 and ``SPLIT_TO_EVAL="train"`` (or ``"val"``); its seqmaps default to ``GT_FOLDER/seqmaps``.
@@ -151,6 +152,8 @@ class MotWriter:
                     f"{_number(visibility)}"
                 )
         write_bytes(folder / "gt" / "gt.txt", "".join(f"{line}\n" for line in gt_lines).encode())
+        mots = self.root.parent / "mots" / f"{MOT_BENCHMARK}-{split}" / name / "gt" / "gt.txt"
+        write_bytes(mots, _mots_lines(video).encode())
         det_lines = [
             f"{frame + 1},-1,{x:.2f},{y:.2f},{w:.2f},{h:.2f},{score:.3f},-1,-1,-1"
             for frame in range(length)
@@ -203,3 +206,29 @@ class MotWriter:
             path = self.root / "seqmaps" / f"{MOT_BENCHMARK}-{split}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("name\n" + "".join(f"{name}\n" for name in names), encoding="utf-8")
+
+
+def _mots_lines(video: EncodedVideo) -> str:
+    """MOTS txt ground truth (``frame id class height width rle``, frames from 1): the
+    pedestrian-class tracks' visible masks as class 2 (id 2000 + track id), and the other
+    shapes together as the frame's ignore region (class 10, id 10000), as MOTSChallenge marks
+    what is not evaluated."""
+    from pycocotools import mask as mask_utils
+
+    labels = video.sample.labels
+    pedestrians = {t.track_id for t in video.sample.tracks if t.shape.category == PEDESTRIAN}
+    others = [t.track_id for t in video.sample.tracks if t.track_id not in pedestrians]
+    height, width = labels.shape[1:]
+    lines = []
+    for frame in range(labels.shape[0]):
+        regions = [
+            (2000 + track_id, 2, labels[frame] == track_id) for track_id in sorted(pedestrians)
+        ]
+        regions.append((10000, 10, np.isin(labels[frame], others)))
+        for object_id, class_id, mask in regions:
+            if not mask.any():
+                continue
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            counts = rle["counts"].decode("ascii")
+            lines.append(f"{frame + 1} {object_id} {class_id} {height} {width} {counts}\n")
+    return "".join(lines)
