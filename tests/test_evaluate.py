@@ -175,7 +175,16 @@ def test_model_mode_runs_the_model_writes_results_and_scores(tmp_path):
     save_model(model, str(weights))
     results, out = tmp_path / "out" / "results.json", tmp_path / "scores.json"
     args = ["insseg", "--gt", str(gt), "--results", str(results), "--images", str(images)]
-    args += ["--weights", str(weights), "--short-size", "64", "--max-size", "96"]
+    args += [
+        "--model",
+        "unipercept_tiny",
+        "--weights",
+        str(weights),
+        "--short-size",
+        "64",
+        "--max-size",
+        "96",
+    ]
     assert evaluate.main([*args, "--json", str(out)]) == 0
     entries = json.loads(results.read_text())
     assert {e["image_id"] for e in entries} <= {100, 101, 102} and entries
@@ -194,7 +203,13 @@ def test_model_mode_runs_the_model_writes_results_and_scores(tmp_path):
     assert first[0]["score"] == pytest.approx(float(direct.scores[0]), abs=1e-6)
     # A missing weights file is one line and exit 2, and the earlier results stay as they were.
     before = results.read_bytes()
-    bad = [*args[:-6], "--weights", str(tmp_path / "nope.safetensors")]
+    bad = [
+        *args[:-6],
+        "--model",
+        "unipercept_tiny",
+        "--weights",
+        str(tmp_path / "nope.safetensors"),
+    ]
     assert evaluate.main(bad) == 2
     assert results.read_bytes() == before
 
@@ -215,6 +230,7 @@ def test_model_mode_vos_on_blackswan(fixtures_dir, tmp_path):
     out = tmp_path / "vos.json"
     args = ["vos", "--gt", str(tmp_path / "gt"), "--images", str(tmp_path / "images")]
     args += ["--results", str(tmp_path / "pred"), "--short-size", "96", "--max-size", "160"]
+    args += ["--model", "unipercept_tiny"]
     assert evaluate.main([*args, "--json", str(out)]) == 0
     written = sorted(p.name for p in (tmp_path / "pred" / "blackswan").glob("*.png"))
     assert written == [f"{f.stem}.png" for f in frames]
@@ -257,7 +273,16 @@ def test_model_mode_sot_and_mot_on_generated_folders(tmp_path, tiny_weights):
     sequence = tmp_path / "lasot" / "bird" / "bird-1"
     _frames_folder(sequence / "img", 3)
     (sequence / "groundtruth.txt").write_text("10,20,20,20\n14,20,20,20\n18,20,20,20\n")
-    common = ["--weights", str(tiny_weights), "--short-size", "64", "--max-size", "96"]
+    common = [
+        "--model",
+        "unipercept_tiny",
+        "--weights",
+        str(tiny_weights),
+        "--short-size",
+        "64",
+        "--max-size",
+        "96",
+    ]
     lasot = str(tmp_path / "lasot")
     sot = ["sot", "--gt", lasot, "--images", lasot, "--results", str(tmp_path / "sot")]
     assert evaluate.main([*sot, *common, "--json", str(tmp_path / "sot.json")]) == 0
@@ -311,7 +336,14 @@ def test_model_mode_vis_on_a_generated_youtube_vis_json(tmp_path, tiny_weights):
     )
     results = tmp_path / "out" / "results.json"
     args = ["vis", "--gt", str(gt), "--images", str(tmp_path / "JPEGImages")]
-    args += ["--results", str(results), "--weights", str(tiny_weights)]
+    args += [
+        "--results",
+        str(results),
+        "--model",
+        "unipercept_tiny",
+        "--weights",
+        str(tiny_weights),
+    ]
     args += ["--short-size", "64", "--max-size", "96", "--json", str(tmp_path / "vis.json")]
     assert evaluate.main(args) == 0
     entries = json.loads(results.read_text())
@@ -332,7 +364,15 @@ def test_model_mode_referring_on_the_generated_refcoco(tmp_path, tiny_weights, m
     spec = config.instantiate(config.compose_group_option("data", "synthetic_refcoco"))
     expressions = sum(len(s.expressions) for s in spec.read())
     out = tmp_path / "scores.json"
-    args = [task, "--data", "synthetic_refcoco", "--weights", str(tiny_weights)]
+    args = [
+        task,
+        "--data",
+        "synthetic_refcoco",
+        "--model",
+        "unipercept_tiny",
+        "--weights",
+        str(tiny_weights),
+    ]
     args += ["--short-size", "64", "--max-size", "96"]
     assert evaluate.main([*args, "--json", str(out)]) == 0
     scores = json.loads(out.read_text())
@@ -340,7 +380,20 @@ def test_model_mode_referring_on_the_generated_refcoco(tmp_path, tiny_weights, m
     key = "precision" if task == "rec" else "overall_iou"
     assert 0.0 <= scores[key] <= 1.0
     # A dataset of category prompts, or no dataset at all, is a one-line error.
-    assert evaluate.main([task, "--data", "synthetic_coco", "--weights", str(tiny_weights)]) == 2
+    assert (
+        evaluate.main(
+            [
+                task,
+                "--data",
+                "synthetic_coco",
+                "--model",
+                "unipercept_tiny",
+                "--weights",
+                str(tiny_weights),
+            ]
+        )
+        == 2
+    )
     assert evaluate.main([task]) == 2
 
 
@@ -360,7 +413,16 @@ def test_model_mode_mots_writes_non_overlapping_masks(tmp_path, tiny_weights):
         gt_rows.append(f"{t + 1} 2001 2 64 80 {counts}\n")
     (root / "0002" / "gt" / "gt.txt").write_text("".join(gt_rows))
     args = ["mots", "--gt", str(root), "--images", str(root), "--results", str(tmp_path / "res")]
-    args += ["--weights", str(tiny_weights), "--short-size", "64", "--max-size", "96"]
+    args += [
+        "--model",
+        "unipercept_tiny",
+        "--weights",
+        str(tiny_weights),
+        "--short-size",
+        "64",
+        "--max-size",
+        "96",
+    ]
     assert evaluate.main([*args, "--json", str(tmp_path / "mots.json")]) == 0
     rows = read_mots_txt(tmp_path / "res" / "0002.txt")
     for frame in set(rows.frames.tolist()):
@@ -380,7 +442,15 @@ def test_model_mode_rvos_on_the_generated_refytvos(tmp_path, tiny_weights, monke
     monkeypatch.setenv("UNIPERCEPT_DATA", str(tmp_path))
     samples = config.instantiate(config.compose_group_option("data", "synthetic_refytvos")).read()
     out, submission = tmp_path / "rvos.json", tmp_path / "submission"
-    args = ["rvos", "--data", "synthetic_refytvos", "--weights", str(tiny_weights)]
+    args = [
+        "rvos",
+        "--data",
+        "synthetic_refytvos",
+        "--model",
+        "unipercept_tiny",
+        "--weights",
+        str(tiny_weights),
+    ]
     args += ["--short-size", "64", "--max-size", "96", "--results", str(submission)]
     assert evaluate.main([*args, "--json", str(out)]) == 0
     scores = json.loads(out.read_text())

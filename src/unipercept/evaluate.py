@@ -75,7 +75,7 @@ def _all_have_boxes(results: Path) -> bool:
     return isinstance(entries, list) and all(isinstance(e, dict) and "bbox" in e for e in entries)
 
 
-def _sot(gt: Path, results: Path) -> dict[str, Any]:
+def _sot(gt: Path, results: Path, names: Sequence[str] | None = None) -> dict[str, Any]:
     from unipercept.evaluation.sot import evaluate_sot
 
     if not gt.is_dir():
@@ -85,8 +85,14 @@ def _sot(gt: Path, results: Path) -> dict[str, Any]:
     sequences = {p.parent.name: p.parent for p in sorted(gt.rglob("groundtruth.txt"))}
     if not sequences:
         raise ValueError(f"{gt}: no sequence folder holds a groundtruth.txt")
+    if names is not None:
+        missing = sorted(set(names) - set(sequences))
+        if missing:
+            raise ValueError(f"{gt}: no sequence folder for {missing[:5]} (--sequences)")
+        sequences = {name: sequences[name] for name in names}
     predictions = {name: results / f"{name}.txt" for name in sequences}
-    unknown = sorted(p.stem for p in results.glob("*.txt") if p.stem not in sequences)
+    known = sequences if names is None else {p.parent.name for p in gt.rglob("groundtruth.txt")}
+    unknown = sorted(p.stem for p in results.glob("*.txt") if p.stem not in known)
     if unknown:
         raise ValueError(f"{results}: results for sequences not in {gt}: {unknown[:5]}")
     result = evaluate_sot(sequences, predictions)
@@ -118,21 +124,44 @@ def _mot(result) -> dict[str, Any]:
 
 
 def build_predictor(
-    model_name: str, weights: Path | None, short_size: int, max_size: int
+    model_name: str, weights: Path | None, short_size: int | None, max_size: int | None
 ) -> Predictor:
-    """The ``conf/model`` model ``model_name`` with ``weights`` loaded, in a Predictor."""
+    """A Predictor for ``model_name``: a bundled model ("unipercept-tiny") or a save_pretrained
+    folder, at its own resolution unless sizes are given; or a ``conf/model`` option built
+    with ``weights`` loaded (at 800/1333 unless given)."""
     from unipercept import config
     from unipercept.api import Predictor
     from unipercept.data.preprocess import ImagePreprocessor
+    from unipercept.modeling.pretrained import META_FILE, bundled_models, load_model
 
-    model = config.instantiate(config.compose_group_option("model", model_name))
-    if weights is not None:
-        from unipercept.engine.checkpoint import load_model_weights
-
-        load_model_weights(model, weights)
+    if model_name in bundled_models() or (Path(model_name) / META_FILE).is_file():
+        if weights is not None:
+            raise ValueError(
+                f"--weights is for a conf/model name; {model_name} is a pretrained model with "
+                "its own weights"
+            )
+        model = load_model(model_name)
+        settings = {**model.preprocess_settings}
     else:
-        logger.warning("warning: no --weights: the model's weights are as built")
-    return Predictor(model, preprocess=ImagePreprocessor(short_size=short_size, max_size=max_size))
+        options = [n.split("/", 1)[1] for n in config.list_configs() if n.startswith("model/")]
+        if model_name not in options:
+            raise ValueError(
+                f"--model {model_name}: not a bundled model ({', '.join(bundled_models())}), "
+                f"a save_pretrained folder, nor a conf/model option ({', '.join(options)})"
+            )
+        model = config.instantiate(config.compose_group_option("model", model_name))
+        if weights is not None:
+            from unipercept.engine.checkpoint import load_model_weights
+
+            load_model_weights(model, weights)
+        else:
+            logger.warning("warning: no --weights: the model's weights are as built")
+        settings = {}
+    if short_size is not None:
+        settings["short_size"] = short_size
+    if max_size is not None:
+        settings["max_size"] = max_size
+    return Predictor(model, preprocess=ImagePreprocessor(**settings))
 
 
 def predict_vos(
@@ -192,7 +221,9 @@ def _frames(folder: Path, sequence: str) -> list[Path]:
     return frames
 
 
-def predict_sot(gt: Path, results: Path, predictor: Predictor) -> Path:
+def predict_sot(
+    gt: Path, results: Path, predictor: Predictor, sequences: Sequence[str] | None = None
+) -> Path:
     """Runs SOT on a LaSOT-style folder: each sequence folder (the one holding
     ``groundtruth.txt``) has its frames in ``img/``; the first ground-truth box starts the
     tracker; ``results/<sequence>.txt`` gets one ``x,y,w,h`` per frame (0,0,0,0 where the
@@ -206,10 +237,12 @@ def predict_sot(gt: Path, results: Path, predictor: Predictor) -> Path:
 
     if not gt.is_dir():
         raise ValueError(f"ground-truth folder {gt} does not exist")
-    sequences = sorted(p.parent for p in gt.rglob("groundtruth.txt"))
-    if not sequences:
+    folders = sorted(p.parent for p in gt.rglob("groundtruth.txt"))
+    if not folders:
         raise ValueError(f"{gt}: no sequence folder holds a groundtruth.txt")
-    for folder in tqdm(sequences, desc="sot", unit="sequence"):
+    if sequences is not None:
+        folders = [f for f in folders if f.name in set(sequences)]
+    for folder in tqdm(folders, desc="sot", unit="sequence"):
         x, y, w, h = read_boxes_txt(folder / "groundtruth.txt")[0]
         frames = _frames(folder / "img", folder.name)
         first = load_image(frames[0])
@@ -432,8 +465,8 @@ def predict_coco(
     model_name: str = "unipercept_tiny",
     weights: Path | None = None,
     with_masks: bool = False,
-    short_size: int = 800,
-    max_size: int = 1333,
+    short_size: int | None = None,
+    max_size: int | None = None,
     score_threshold: float = 0.05,
 ) -> Path:
     """Runs a model on every image of a COCO json and writes its COCO results json."""
@@ -478,11 +511,11 @@ def evaluate_files(task: str, gt: str | Path, results: str | Path, **options: An
         # Mask AP, and box AP too when every result carries its box (COCO segm results may not).
         return _coco(gt, results, ["segm", "bbox"] if _all_have_boxes(results) else ["segm"])
     if task == "sot":
-        return _sot(gt, results)
+        return _sot(gt, results, options.get("sequences"))
     if task == "vos":
         from unipercept.evaluation.davis import evaluate_vos
 
-        return _vos(evaluate_vos(gt, results))
+        return _vos(evaluate_vos(gt, results, options.get("sequences")))
     if task == "rvos":
         from unipercept.evaluation.rvos import evaluate_rvos
 
@@ -522,6 +555,16 @@ def _format(scores: dict, indent: str = "") -> str:
     return "\n".join(lines)
 
 
+def _read_sequences(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ValueError(f"--sequences {path}: no such file")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [name for name in names if name]
+    if not names:
+        raise ValueError(f"--sequences {path}: the file names no sequence")
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from unipercept.data.io import write_text_atomic
 
@@ -542,13 +585,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the scores here")
     parser.add_argument("--images", type=Path, help="det/insseg: run a model on these images first")
-    parser.add_argument("--model", default="unipercept_tiny", help="conf/model name (--images)")
+    parser.add_argument(
+        "--model",
+        default="unipercept-tiny",
+        help="the model that --images/--data runs: a bundled model (default unipercept-tiny), "
+        "a save_pretrained folder, or a conf/model name with --weights",
+    )
     parser.add_argument("--weights", type=Path, help="checkpoint folder or .safetensors")
     parser.add_argument(
         "--categories", nargs="+", default=["person"], help="mot --images: the prompt's names"
     )
-    parser.add_argument("--short-size", type=int, default=800)
-    parser.add_argument("--max-size", type=int, default=1333)
+    parser.add_argument(
+        "--sequences",
+        type=Path,
+        help="sot/vos: a file naming the sequences to run and score, one per line (DAVIS's "
+        "ImageSets/2017/val.txt, LaSOT's testing_set.txt)",
+    )
+    parser.add_argument(
+        "--short-size", type=int, help="inference size (default: the model's, or 800)"
+    )
+    parser.add_argument("--max-size", type=int, help="(default: the model's, or 1333)")
     parser.add_argument(
         "--mot15",
         action="store_true",
@@ -556,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        sequences = _read_sequences(args.sequences) if args.sequences is not None else None
         if args.task in ("rec", "res") or (args.task == "rvos" and args.data is not None):
             if args.data is None:
                 raise ValueError(f"{args.task} is scored by running a model: give --data")
@@ -579,11 +636,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.model, args.weights, args.short_size, args.max_size
                 )
                 if args.task == "vos":
-                    predict_vos(args.gt, args.images, args.results, predictor)
+                    predict_vos(args.gt, args.images, args.results, predictor, sequences)
                 elif args.task == "vis":
                     predict_vis(args.gt, args.images, args.results, predictor)
                 elif args.task == "sot":
-                    predict_sot(args.images, args.results, predictor)
+                    predict_sot(args.images, args.results, predictor, sequences)
                 else:
                     with_masks = args.task == "mots"
                     predict_mot(args.images, args.results, predictor, args.categories, with_masks)
@@ -598,7 +655,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     short_size=args.short_size,
                     max_size=args.max_size,
                 )
-        scores = evaluate_files(args.task, args.gt, args.results, preprocess=not args.mot15)
+        scores = evaluate_files(
+            args.task, args.gt, args.results, preprocess=not args.mot15, sequences=sequences
+        )
     except (ValueError, FileNotFoundError) as error:
         logger.error("error: %s", error)
         return 2
