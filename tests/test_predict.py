@@ -214,40 +214,55 @@ def test_an_interrupted_image_job_resumes_without_redoing_images(
     assert len(calls) == 1  # only the unfinished image
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+@pytest.mark.parametrize(
+    ("where", "stop", "redone_from"),
+    [
+        ("decoding", KeyboardInterrupt, 5),  # Ctrl-C between frames: saved at frame 5
+        ("step", KeyboardInterrupt, 4),  # inside a step: the snapshot of frame 4 stands
+        ("step", RuntimeError, 4),  # a crash (as if killed): the snapshot of frame 4
+    ],
+)
 def test_an_interrupted_video_job_resumes_from_its_saved_session(
-    checkpoint, inputs, tmp_path, monkeypatch, stop
+    checkpoint, inputs, tmp_path, monkeypatch, where, stop, redone_from
 ):
-    """Ctrl-C saves the session at the frame reached; a crash (the process killed) resumes
-    from the last periodic snapshot, dropping the frames written after it. Either way the
-    result equals an uninterrupted run's, track ids included."""
+    """The session (tracker included) is saved every 2 frames here and on Ctrl-C between
+    frames; a rerun resumes from the last snapshot, dropping the frames written after it.
+    Either way the result equals an uninterrupted run's, track ids included."""
+    from unipercept.data.video import VideoFileSource
     from unipercept.tasks.session import VideoSession
 
     job = _job("mot", inputs["video"], checkpoint, inputs)
     expected = _without_info(predict.run(job, tmp_path / "straight", snapshot_every=2))
 
     steps = []
-    original = VideoSession.step
+    original_step, original_iter = VideoSession.step, VideoFileSource.__iter__
 
-    def interrupted(self, frame):
-        if len(steps) == 5:
+    def step(self, frame):
+        if where == "step" and len(steps) == 5:
             raise stop("stopped")
         steps.append(1)
-        return original(self, frame)
+        return original_step(self, frame)
 
-    monkeypatch.setattr(VideoSession, "step", interrupted)
+    def frames(self):
+        for index, frame in original_iter(self):
+            if where == "decoding" and index == 5:
+                raise stop("stopped")
+            yield index, frame
+
+    monkeypatch.setattr(VideoSession, "step", step)
+    monkeypatch.setattr(VideoFileSource, "__iter__", frames)
     out = tmp_path / "out"
     with pytest.raises(stop):
         predict.run(job, out, snapshot_every=2)
     assert not (out / "predictions.json").exists()
 
     steps.clear()
+    monkeypatch.setattr(VideoFileSource, "__iter__", original_iter)
     monkeypatch.setattr(
-        VideoSession, "step", lambda self, frame: steps.append(1) or original(self, frame)
+        VideoSession, "step", lambda self, frame: steps.append(1) or original_step(self, frame)
     )
     assert _without_info(predict.run(job, out, snapshot_every=2)) == expected
-    # Ctrl-C saved frame 5; the crash left the snapshot of frame 4 and redoes frame 5.
-    assert len(steps) == (FRAMES - 5 if stop is KeyboardInterrupt else FRAMES - 4)
+    assert len(steps) == FRAMES - redone_from
 
 
 def test_a_finished_output_is_not_overwritten_without_asking(checkpoint, inputs, tmp_path):

@@ -33,7 +33,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unipercept.modeling.unipercept import UniPercept
 
 logger = logging.getLogger("unipercept.predict")
 
@@ -287,7 +290,7 @@ class JobFolder:
         job_file = self.state / "job.json"
         if job_file.is_file():
             saved = json.loads(job_file.read_text(encoding="utf-8"))
-            if saved == self.job.key():
+            if saved == self.job.key() and not overwrite:
                 logger.info("resuming the unfinished job in %s", self.output)
                 return True
             if not overwrite:
@@ -360,6 +363,13 @@ def _run_images(job: Job, folder: JobFolder, model, files: list[Path], names: li
         overlays.mkdir()
         folder.created.append(overlays)
     done = {int(p.stem) for p in items.glob("*.json")}
+    for index in sorted(done):
+        saved = json.loads((items / f"{index:06d}.json").read_text(encoding="utf-8"))
+        if index >= len(files) or saved["file_name"] != str(files[index]):
+            raise InputError(
+                f"--input {job.input}: the images differ from those of the interrupted run in "
+                f"{folder.output}; pass --overwrite to start over"
+            )
     options = _task_options(job)
     with _progress(len(files), job.task, initial=len(done)) as bar:
         for index, file in enumerate(files):
@@ -506,12 +516,15 @@ def _run_video(
             open(lines_path, "a", encoding="utf-8") as lines,
             _progress(info.num_frames, job.task, initial=done) as bar,
         ):
+            stepping = False  # a session interrupted inside step() may be half-updated
             try:
                 for index, frame in stream():
                     if index < done:
                         continue
                     if session is not None:
+                        stepping = True
                         found = session.step(frame)
+                        stepping = False
                     else:
                         found = model.predict(frame, job.prompt, task=job.task, **options)
                     record = {
@@ -530,7 +543,9 @@ def _run_video(
                         os.fsync(lines.fileno())
                         save_snapshot(snapshot_path, session, {"frames": done})
             except KeyboardInterrupt:
-                if session is not None:
+                # Between frames the session is whole and is saved; inside a step it is not,
+                # and the last periodic snapshot stands (the frames after it are redone).
+                if session is not None and not stepping:
                     lines.flush()
                     os.fsync(lines.fileno())
                     save_snapshot(snapshot_path, session, {"frames": done})
@@ -625,8 +640,12 @@ def run(
     save_video: bool = False,
     overwrite: bool = False,
     snapshot_every: int = SNAPSHOT_EVERY,
+    model: UniPercept | None = None,
 ) -> Path:
     """Runs a predict job into ``output``; returns the path of ``predictions.json``.
+
+    ``model`` is a model already loaded (for several jobs in one process); by default
+    ``job.checkpoint`` is loaded onto ``device``.
 
     Raises:
         InputError: bad input (nothing this run wrote is left behind).
@@ -642,11 +661,12 @@ def run(
         _open_video(job.input).close()
     if job.task in ANNOTATION_TASKS:  # checks --box / --mask against the first frame
         _annotation_prompts(job, _first_frame(job.input))
-    torch_device = _device(device)
-    try:
-        model = load_model(job.checkpoint, device=torch_device)
-    except (PretrainedError, OSError) as error:
-        raise InputError(f"--checkpoint: {error}") from None
+    if model is None:
+        torch_device = _device(device)
+        try:
+            model = load_model(job.checkpoint, device=torch_device)
+        except (PretrainedError, OSError) as error:
+            raise InputError(f"--checkpoint: {error}") from None
 
     folder = JobFolder(output, job)
     folder.prepare(overwrite)
@@ -665,7 +685,8 @@ def run(
                 image_task=job.task in IMAGE_TASKS,
                 snapshot_every=snapshot_every,
             )
-            video_out = folder.output / f"{Path(job.input.rstrip('/')).stem}.overlay.mp4"
+            stem = "frames" if _is_pattern(job.input) else Path(job.input.rstrip("/")).stem
+            video_out = folder.output / f"{stem}.overlay.mp4"
         if save_video and video_out is not None:
             render_video(job.input, predictions, names, video_out)
     except InputError:

@@ -1,0 +1,105 @@
+"""Scores the bundled model on every task on held-out generated data (the README's table).
+
+    python scripts/evaluate_bundled_model.py [--model unipercept-tiny] [--tasks det mot ...]
+
+Generates the world (seed 0, preset "train", as scripts/build_bundled_model.py trains on) under
+``build/eval/data`` when missing, then runs one ``python -m unipercept.evaluate`` command per
+task on its held-out part: the "val" split of COCO, RefCOCO, DAVIS, MOT/MOTS, YouTube-VIS and
+Ref-YouTube-VOS, and LaSOT's testing set. Each command is printed before it runs; the scores go
+to ``build/eval/scores/<task>.json`` and the table to stdout (and ``--markdown``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def commands(world: str, out: str, model: str) -> dict[str, list[str]]:
+    """Per task, the evaluate command's arguments (paths as given, relative to the repo)."""
+    coco = f"{world}/coco"
+    davis = f"{world}/davis"
+    return {
+        "det": ["det", "--gt", f"{coco}/annotations/instances_val.json", "--images",
+                f"{coco}/val", "--results", f"{out}/det.json"],
+        "insseg": ["insseg", "--gt", f"{coco}/annotations/instances_val.json", "--images",
+                   f"{coco}/val", "--results", f"{out}/insseg.json"],
+        "rec": ["rec", "--data", "synthetic_refcoco", "--data-override", "reader.split=val"],
+        "res": ["res", "--data", "synthetic_refcoco", "--data-override", "reader.split=val"],
+        "sot": ["sot", "--gt", f"{world}/lasot", "--images", f"{world}/lasot", "--sequences",
+                f"{world}/lasot/testing_set.txt", "--results", f"{out}/sot"],
+        "vos": ["vos", "--gt", f"{davis}/Annotations/480p", "--images", f"{davis}/JPEGImages/480p",
+                "--sequences", f"{davis}/ImageSets/2017/val.txt", "--results", f"{out}/vos"],
+        "mot": ["mot", "--gt", f"{world}/mot/MOTSynth-val", "--images", f"{world}/mot/MOTSynth-val",
+                "--categories", "circle", "--results", f"{out}/mot"],
+        "mots": ["mots", "--gt", f"{world}/mots/MOTSynth-val", "--images",
+                 f"{world}/mot/MOTSynth-val", "--categories", "circle", "--results", f"{out}/mots"],
+        "vis": ["vis", "--gt", f"{world}/ytvis/valid.json", "--images",
+                f"{world}/ytvis/valid/JPEGImages", "--results", f"{out}/vis.json"],
+        "rvos": ["rvos", "--data", "synthetic_refytvos", "--data-override", "reader.split=valid"],
+    }  # fmt: skip
+
+
+# Per task: (metric label, how to read it from the scores json).
+HEADLINES = {
+    "det": ("box AP / AP50", lambda s: (s["bbox"]["ap"], s["bbox"]["ap50"])),
+    "insseg": ("mask AP / AP50", lambda s: (s["segm"]["ap"], s["segm"]["ap50"])),
+    "rec": ("P@0.5", lambda s: (s["precision"],)),
+    "res": ("oIoU / mIoU", lambda s: (s["overall_iou"], s["mean_iou"])),
+    "sot": ("AUC / P@20px", lambda s: (s["success_auc"], s["precision_20"])),
+    "vos": ("J&F", lambda s: (s["J&F"],)),
+    "mot": ("HOTA / MOTA / IDF1", lambda s: (s["hota"], s["mota"], s["idf1"])),
+    "mots": ("sMOTSA / HOTA", lambda s: (s["smota"], s["hota"])),
+    "vis": ("AP / AP50", lambda s: (s["ap"], s["ap50"])),
+    "rvos": ("J&F", lambda s: (s["J&F"],)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="unipercept-tiny")
+    parser.add_argument("--tasks", nargs="+", default=list(HEADLINES), choices=list(HEADLINES))
+    parser.add_argument("--work", default="build/eval", help="world and results (repo-relative)")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    args = parser.parse_args(argv)
+
+    work = Path(args.work) if Path(args.work).is_absolute() else REPO / args.work
+    world = work / "data" / "synthetic"
+    if not (world / "summary.json").is_file():
+        from unipercept.data.synthetic import generate
+
+        generate(world, seed=0, size="train", overwrite=True, progress=True)
+    env = {**os.environ, "UNIPERCEPT_DATA": str(work / "data")}
+    relative = os.path.relpath(world, REPO)
+    out = os.path.relpath(work / "results", REPO)
+    (work / "scores").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task in args.tasks:
+        arguments = [*commands(relative, out, args.model)[task], "--model", args.model]
+        scores_path = work / "scores" / f"{task}.json"
+        arguments += ["--json", os.path.relpath(scores_path, REPO)]
+        command = [sys.executable, "-m", "unipercept.evaluate", *arguments]
+        data = os.path.relpath(work / "data", REPO)
+        shown = f"UNIPERCEPT_DATA={data} python -m unipercept.evaluate {shlex.join(arguments)}"
+        sys.stdout.write(f"$ {shown}\n")
+        sys.stdout.flush()
+        subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+        label, read = HEADLINES[task]
+        values = read(json.loads(scores_path.read_text()))
+        rows.append(f"| {task} | {label} | {' / '.join(f'{v:.3f}' for v in values)} |")
+    table = "\n".join(["| task | metric | score |", "|---|---|---|", *rows]) + "\n"
+    sys.stdout.write(table)
+    if args.markdown:
+        args.markdown.write_text(table, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
