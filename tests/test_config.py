@@ -109,6 +109,10 @@ def test_wheel_ships_the_configs(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for option in config.list_configs():
         assert f"unipercept/conf/{option}.yaml" in names
+    # So do the bundled model and the samples.
+    assets = REPO_ROOT / "src" / "unipercept" / "assets"
+    for path in (*assets.glob("unipercept-tiny/*"), *assets.glob("samples/*")):
+        assert f"unipercept/assets/{path.relative_to(assets)}" in names
     # Installed from the wheel (not the checkout), the package composes from its own copy.
     site = tmp_path / "site"
     subprocess.run(

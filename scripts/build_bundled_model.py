@@ -1,0 +1,155 @@
+"""Rebuilds the bundled model "unipercept-tiny" and its sample image and video.
+
+    python scripts/build_bundled_model.py            # about 45 minutes on 2 CPU cores
+
+1. generates the world (``unipercept.data.synthetic``, seed 0, preset "train") under --work;
+2. trains model=unipercept_tiny through the three stages on it (``python -m unipercept.train``
+   with the overrides below; a rerun resumes an interrupted stage and skips finished ones);
+3. saves the final weights with ``save_pretrained`` to ``src/unipercept/assets/unipercept-tiny``
+   (weights equal to what the offline packages install, the MiniLM text encoder and the unused
+   ImageNet classifiers, are not stored; they are checked by checksum when loading);
+4. writes the sample image and video (held-out "val" data of the world) beside it.
+
+The recipe is fixed here so that the README's numbers are reproducible: the same seed and
+steps give the same world and, on the same machine and torch, the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "src" / "unipercept" / "assets"
+
+# The text encoder stays as installed (frozen in every stage), so the bundled weights need not
+# carry its 23M parameters.
+FROZEN_TEXT = "stage.frozen=[prompt_encoders.category.text.model.]"
+COMMON = [
+    "model=unipercept_tiny",
+    "trainer=cpu_tiny",
+    "trainer.batch_size=4",
+    "trainer.short_sizes=[128,160,192]",
+    "trainer.max_size=256",
+    "trainer.log_every=50",
+    "trainer.keep_last=1",
+    "stage.lr=5e-4",
+    FROZEN_TEXT,
+]
+# (stage config, mixture, steps, learning-rate drop at)
+STAGES = [
+    ("1_pretrain", "synthetic_stage1", 2500, 2100),
+    ("2_image_joint", "synthetic_stage2", 3000, 2500),
+    ("3_video_joint", "synthetic_stage3", 5000, 4200),
+]
+
+
+def _finished(output: Path, steps: int) -> bool:
+    from unipercept.engine.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(output / "checkpoints")
+    return latest is not None and latest.name == f"step_{steps:08d}"
+
+
+def train(work: Path, scale: float) -> Path:
+    """Runs the three stages; returns the final checkpoint folder."""
+    env = {**os.environ, "UNIPERCEPT_DATA": str(work / "data")}
+    previous: Path | None = None
+    for name, mixture, steps, milestone in STAGES:
+        steps = max(1, round(steps * scale))
+        milestone = min(steps - 1, round(milestone * scale))
+        output = work / name
+        if _finished(output, steps):
+            logging.info("%s: finished already (%s)", name, output)
+            previous = output / "checkpoints"
+            continue
+        overrides = [
+            f"stage={name}",
+            f"stage/mixture={mixture}",
+            *COMMON,
+            f"stage.max_steps={steps}",
+            f"stage.milestones=[{milestone}]" if milestone > 0 else "stage.milestones=[]",
+            f"stage.warmup_steps={min(100, steps)}",
+            f"trainer.checkpoint_every={max(1, steps // 5)}",
+            f"stage.init_from={previous}" if previous is not None else "stage.init_from=null",
+            f"output_dir={output}",
+            "resume=true",
+        ]
+        logging.info("%s: training %d steps", name, steps)
+        subprocess.run([sys.executable, "-m", "unipercept.train", *overrides], env=env, check=True)
+        previous = output / "checkpoints"
+    assert previous is not None
+    from unipercept.engine.checkpoint import latest_checkpoint
+
+    final = latest_checkpoint(previous)
+    assert final is not None
+    return final
+
+
+def export(checkpoint: Path, out: Path) -> None:
+    """Saves the trained weights as the bundled pretrained folder."""
+    from unipercept import config
+    from unipercept.engine.checkpoint import load_model_weights
+    from unipercept.modeling.pretrained import save_pretrained
+
+    model_cfg = config.compose_group_option("model", "unipercept_tiny")
+    model = config.instantiate(model_cfg)
+    load_model_weights(model, checkpoint)
+    save_pretrained(
+        model,
+        out,
+        config=model_cfg,
+        preprocess={"short_size": 160, "max_size": 256},
+        description=(
+            "unipercept-tiny: unipercept_tiny (offline ImageNet MobileNetV2 and MiniLM, a 64-wide "
+            "deformable transformer) trained by scripts/build_bundled_model.py through the three "
+            "stages on the generated world (seed 0)."
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "unipercept-tiny")
+    parser.add_argument("--out", type=Path, default=ASSETS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiplies every stage's steps (for a try-out)"
+    )
+    parser.add_argument(
+        "--world-size",
+        default="train",
+        choices=("small", "train"),
+        help="the generated world's preset (small: for testing this script)",
+    )
+    parser.add_argument("--skip-train", action="store_true", help="export the finished run only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    from unipercept.data.synthetic import generate
+
+    world = args.work / "data" / "synthetic"
+    if not (world / "summary.json").is_file():
+        generate(world, seed=args.seed, size=args.world_size, overwrite=True, progress=True)
+    if args.skip_train:
+        from unipercept.engine.checkpoint import latest_checkpoint
+
+        final = latest_checkpoint(args.work / STAGES[-1][0] / "checkpoints")
+        if final is None:
+            parser.error(f"no finished run under {args.work}")
+    else:
+        final = train(args.work, args.scale)
+    export(final, args.out / "unipercept-tiny")
+    from unipercept.assets import write_samples
+
+    write_samples(world, args.out / "samples")
+    logging.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
