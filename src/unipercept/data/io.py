@@ -122,6 +122,12 @@ def _umask() -> int:
     return mask
 
 
+def default_permissions(path: str | Path) -> None:
+    """Gives a file the permissions ``open()`` would (``0o666`` less the umask); for files that
+    ``tempfile.mkstemp`` or safetensors created readable by their owner only."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Writes ``text`` to ``path`` so that readers see the old file or the whole new one.
 
@@ -138,7 +144,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
             file.flush()
             os.fsync(file.fileno())
         # mkstemp creates the file readable by its owner only; give it what open() would.
-        os.chmod(temporary, 0o666 & ~_umask())
+        default_permissions(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -26,6 +26,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from unipercept.data.io import default_permissions
+
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
@@ -89,6 +91,7 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         save_model(model, str(tmp / MODEL_FILE))
+        default_permissions(tmp / MODEL_FILE)  # safetensors writes it owner-only
         with open(tmp / STATE_FILE, "wb") as file:
             torch.save(state, file)
         if config_text is not None:

@@ -25,6 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unipercept.data.io import default_permissions
+
 if TYPE_CHECKING:
     from unipercept.modeling.unipercept import UniPercept
 
@@ -196,6 +198,7 @@ def save_pretrained(
         save_file(stored, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(container), encoding="utf-8")
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        default_permissions(tmp / WEIGHTS_FILE)  # safetensors writes it owner-only
         old = None
         if folder.exists():
             old = folder.with_name(f"{folder.name}{_TMP_MARK}old-{os.getpid()}")
