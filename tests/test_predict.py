@@ -185,13 +185,13 @@ def _without_info(path: Path) -> dict:
 def test_an_interrupted_image_job_resumes_without_redoing_images(
     checkpoint, inputs, tmp_path, monkeypatch
 ):
-    from unipercept.modeling.unipercept import UniPercept
+    from unipercept.api import Predictor
 
     job = _job("insseg", inputs["images"], checkpoint, inputs)
     expected = _without_info(predict.run(job, tmp_path / "straight"))
 
     calls = []
-    original = UniPercept.predict
+    original = Predictor.predict
 
     def interrupted(self, *args, **kwargs):
         if len(calls) == 2:
@@ -199,7 +199,7 @@ def test_an_interrupted_image_job_resumes_without_redoing_images(
         calls.append(args)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(UniPercept, "predict", interrupted)
+    monkeypatch.setattr(Predictor, "predict", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         predict.run(job, out)
@@ -208,7 +208,7 @@ def test_an_interrupted_image_job_resumes_without_redoing_images(
 
     calls.clear()
     monkeypatch.setattr(
-        UniPercept, "predict", lambda self, *a, **k: calls.append(a) or original(self, *a, **k)
+        Predictor, "predict", lambda self, *a, **k: calls.append(a) or original(self, *a, **k)
     )
     assert _without_info(predict.run(job, out)) == expected
     assert len(calls) == 1  # only the unfinished image

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from unipercept.data.preprocess import ImagePreprocessor
+from unipercept.modeling.outputs import PromptEmbedding
 from unipercept.modeling.unipercept import UniPercept
 from unipercept.structures import Instances, Prompt
 from unipercept.tasks import TASKS, ImageTask, Task, VideoSession, VideoTask
@@ -92,23 +93,36 @@ class Predictor:
     def predict(
         self,
         image: Tensor,
-        prompt: Prompt | str | Sequence[str],
+        prompt: Prompt | str | Sequence[str] | PromptEmbedding,
         task: str | ImageTask = "det",
         **options: Any,
     ) -> Instances:
         """Results for one (3, H, W) uint8 image, in its pixels.
 
         Args:
-            prompt: a prompt, or what the task makes one of (``"cat. dog"``, an expression).
+            prompt: a prompt, or what the task makes one of (``"cat. dog"``, an expression),
+                or one already encoded by :meth:`encode` (for many images, one prompt).
             task: an image task or its name (det, insseg, rec, res).
         """
         resolved = resolve_task(task, **options)
         if not isinstance(resolved, ImageTask):
             raise ValueError(f"{resolved.name} is a video task: use start() and step()")
         batch = self.preprocess([image], self.device)
+        prompts = (
+            prompt if isinstance(prompt, PromptEmbedding) else [self._prompt(resolved, prompt)]
+        )
         with torch.no_grad():
-            output = self.model(batch, [self._prompt(resolved, prompt)])
+            output = self.model(batch, prompts)
         return resolved.postprocess(output, batch)[0]
+
+    def encode(
+        self, prompt: Prompt | str | Sequence[str], task: str | ImageTask
+    ) -> PromptEmbedding:
+        """The prompt encoded once, for :meth:`predict` on many images (category names and
+        expressions; an annotation prompt belongs to its own frame)."""
+        resolved = resolve_task(task) if isinstance(task, str) else task
+        with torch.no_grad():
+            return self.model.encode_prompts([self._prompt(resolved, prompt)])
 
     def start(
         self,

@@ -362,6 +362,7 @@ def _run_images(job: Job, folder: JobFolder, model, files: list[Path], names: li
     if not overlays.exists():
         overlays.mkdir()
         folder.created.append(overlays)
+    answer = _image_answerer(job, model)
     done = {int(p.stem) for p in items.glob("*.json")}
     for index in sorted(done):
         saved = json.loads((items / f"{index:06d}.json").read_text(encoding="utf-8"))
@@ -370,7 +371,6 @@ def _run_images(job: Job, folder: JobFolder, model, files: list[Path], names: li
                 f"--input {job.input}: the images differ from those of the interrupted run in "
                 f"{folder.output}; pass --overwrite to start over"
             )
-    options = _task_options(job)
     with _progress(len(files), job.task, initial=len(done)) as bar:
         for index, file in enumerate(files):
             if index in done:
@@ -379,7 +379,7 @@ def _run_images(job: Job, folder: JobFolder, model, files: list[Path], names: li
                 image = load_image(file)
             except ValueError as error:
                 raise InputError(f"--input: {error}") from None
-            found = model.predict(image, job.prompt, task=job.task, **options)
+            found = answer(image)
             record = {
                 "file_name": str(file),
                 "height": sizes[index][0],
@@ -438,6 +438,16 @@ def _coco(
 
 def _task_options(job: Job) -> dict[str, Any]:
     return {} if job.score_threshold is None else {"score_threshold": job.score_threshold}
+
+
+def _image_answerer(job: Job, model: UniPercept):
+    """image -> Instances for an image task, the prompt encoded once for all images."""
+    from unipercept.api import Predictor, as_image, resolve_task
+
+    task = resolve_task(job.task, **_task_options(job))
+    predictor = Predictor(model, preprocess=model.default_preprocess())
+    embedding = predictor.encode(job.prompt, task)
+    return lambda image: predictor.predict(as_image(image), embedding, task=task)
 
 
 def _read_lines(path: Path, count: int | None = None) -> list[dict[str, Any]]:
@@ -504,6 +514,7 @@ def _run_video(
                 done = int(extra["frames"])
             records = _read_lines(lines_path, done)
         else:
+            answer = _image_answerer(job, model)
             pending = []
             records = _read_lines(lines_path)
             done = len(records)
@@ -526,7 +537,7 @@ def _run_video(
                         found = session.step(frame)
                         stepping = False
                     else:
-                        found = model.predict(frame, job.prompt, task=job.task, **options)
+                        found = answer(frame)
                     record = {
                         "file_name": f"{Path(frames_path).name}#{index}",
                         "frame_index": index,
