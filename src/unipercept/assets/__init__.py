@@ -27,6 +27,7 @@ class Samples:
         mask: a PNG of that object's first-frame mask, 0/255 (vos).
         image_objects: the image's objects, {"category": name, "bbox": [x, y, w, h]}.
         referred_object: the index in ``image_objects`` of the one ``expression`` names.
+        image_expressions: every expression of the image, {"expression", "object": index}.
         video_target_boxes: the video target's (x, y, w, h) per frame, None where absent.
     """
 
@@ -39,6 +40,7 @@ class Samples:
     mask: Path
     image_objects: list[dict]
     referred_object: int
+    image_expressions: list[dict]
     video_target_boxes: list[list[float] | None]
 
 
@@ -65,6 +67,7 @@ def read_samples(folder: Path) -> Samples:
         mask=folder / data["mask"],
         image_objects=data["image_objects"],
         referred_object=data["referred_object"],
+        image_expressions=data["image_expressions"],
         video_target_boxes=data["video_target_boxes"],
     )
 
@@ -84,7 +87,7 @@ def write_samples(world: Path, out: Path, *, fps: float = 8.0) -> Samples:
     from unipercept.data.video import VideoWriter
 
     out.mkdir(parents=True, exist_ok=True)
-    image_path, expression, objects, referred = _refcoco_sample(world)
+    image_path, expression, objects, referred, expressions = _refcoco_sample(world)
     Image.open(image_path).convert("RGB").save(out / "shapes.png")
 
     root = world / "refytvos"
@@ -126,6 +129,7 @@ def write_samples(world: Path, out: Path, *, fps: float = 8.0) -> Samples:
         # (category, x,y,w,h), the referred one's index, the video target's box per frame.
         "image_objects": objects,
         "referred_object": referred,
+        "image_expressions": expressions,
         "video_target_boxes": track,
         "source": {
             "image": f"refcoco/images/{image_path.name}",
@@ -137,9 +141,10 @@ def write_samples(world: Path, out: Path, *, fps: float = 8.0) -> Samples:
     return read_samples(out)
 
 
-def _refcoco_sample(world: Path) -> tuple[Path, str, list[dict], int]:
+def _refcoco_sample(world: Path) -> tuple[Path, str, list[dict], int, list[dict]]:
     """The first RefCOCO "val" image with at least three objects, its first expression, its
-    objects ({"category", "bbox"}) and the index of the referred one."""
+    objects ({"category", "bbox"}), the index of the referred one, and every expression of the
+    image ({"expression", "object": index})."""
     from unipercept.data.io import load_json, load_plain_pickle
 
     root = world / "refcoco"
@@ -159,7 +164,13 @@ def _refcoco_sample(world: Path) -> tuple[Path, str, list[dict], int]:
             objects = [
                 {"category": names[a["category_id"]], "bbox": a["bbox"]} for a in annotations
             ]
-            referred = [a["id"] for a in annotations].index(ref["ann_id"])
+            ids = [a["id"] for a in annotations]
+            expressions = [
+                {"expression": sentence["sent"], "object": ids.index(other["ann_id"])}
+                for other in sorted(refs, key=lambda r: r["ref_id"])
+                if other["image_id"] == ref["image_id"]
+                for sentence in other["sentences"]
+            ]
             path = root / "images" / files[ref["image_id"]]
-            return path, ref["sentences"][0]["sent"], objects, referred
+            return path, ref["sentences"][0]["sent"], objects, ids.index(ref["ann_id"]), expressions
     raise ValueError(f"{root}: no val image with three objects and an expression")
