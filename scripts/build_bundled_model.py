@@ -1,6 +1,6 @@
 """Rebuilds the bundled model "unipercept-tiny" and its sample image and video.
 
-    python scripts/build_bundled_model.py            # about 45 minutes on 2 CPU cores
+    python scripts/build_bundled_model.py            # about an hour on 2 CPU cores
 
 1. generates the world (``unipercept.data.synthetic``, seed 0, preset "train") under --work;
 2. trains model=unipercept_tiny through the three stages on it (``python -m unipercept.train``

@@ -122,3 +122,28 @@ def test_tracking_benchmark_times_every_tracker_following_its_objects(tmp_path):
         assert record["count"] == 4 and record["tracks"] == 4  # every object really tracked
         assert record["assoc_ms"] > 0 and record["model_ms"] > 0
         assert record["fraction"] == record["assoc_ms"] / record["model_ms"]
+
+
+def test_predict_benchmark_times_det_and_mot_against_the_forward_pass(tmp_path):
+    import pytest
+
+    from unipercept.modeling.pretrained import bundled_models
+
+    if "unipercept-tiny" not in bundled_models():
+        pytest.skip("the bundled model is not built")
+    out = tmp_path / "predict.json"
+    script = str(REPO_ROOT / "benchmarks" / "predict.py")
+    result = subprocess.run(
+        [sys.executable, script, "--rounds", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["frames"] == 24
+    runs = {r["run"]: r for r in record["results"]}
+    assert set(runs) == {"forward", "det", "mot"}
+    assert runs["forward"]["overhead"] == 0
+    for name in ("det", "mot"):
+        assert runs[name]["fps"] > 0 and runs[name]["ms_per_frame"] > 0
