@@ -75,6 +75,7 @@ def test_a_restored_session_continues_like_the_uninterrupted_one(
     assert second.close() == expected_summary
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_a_snapshot_is_read_without_unpickling_code(predictor, tmp_path):  # noqa: F811
     """A file that would run code when unpickled is refused, naming the file."""
     frames = moving_video(2)
