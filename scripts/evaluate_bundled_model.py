@@ -93,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
         label, read = HEADLINES[task]
         values = read(json.loads(scores_path.read_text()))
-        rows.append(f"| {task} | {label} | {' / '.join(f'{v:.3f}' for v in values)} |")
-    table = "\n".join(["| task | metric | score |", "|---|---|---|", *rows]) + "\n"
+        scores = " / ".join(f"{v:.3f}" for v in values)
+        again = f"`python scripts/evaluate_bundled_model.py --tasks {task}`"
+        rows.append(f"| {task} | {label} | {scores} | {again} |")
+    header = ["| task | metric | score | reproduce |", "|---|---|---|---|"]
+    table = "\n".join([*header, *rows]) + "\n"
     sys.stdout.write(table)
     if args.markdown:
         args.markdown.write_text(table, encoding="utf-8")

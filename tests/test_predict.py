@@ -153,6 +153,15 @@ def test_save_video_writes_an_overlay_with_every_frame(checkpoint, inputs, tmp_p
     assert (frames[0].float() - first.float()).abs().mean() > 1.0  # something was drawn
 
 
+def test_a_glob_of_images_is_answered_image_by_image(checkpoint, inputs, tmp_path):
+    out = tmp_path / "out"
+    pattern = str(inputs["images"] / "img[02].png")
+    args = ["--task", "rec", "--input", pattern, "--output", str(out), "--prompt", "the square"]
+    assert run_main([*args, "--checkpoint", str(checkpoint)]) == 0
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert [Path(i["file_name"]).name for i in predictions["images"]] == ["img0.png", "img2.png"]
+
+
 def test_image_tasks_run_on_every_frame_of_a_video(checkpoint, inputs, tmp_path):
     out = tmp_path / "out"
     args = ["--task", "det", "--input", str(inputs["video"]), "--output", str(out)]
