@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from unipercept.data.io import write_text_atomic
+
 
 def build_models(num_labels: int = 91):
     from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection, ResNetConfig
@@ -116,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for name, value in medians.items()
         ]
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(records, indent=2))
-        tmp.replace(args.json)
+        write_text_atomic(args.json, json.dumps(records, indent=2))
     return 0
 
 

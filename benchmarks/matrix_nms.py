@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from unipercept.data.io import write_text_atomic
 from unipercept.ops.matrix_nms import mask_nms, matrix_nms
 
 HEIGHT, WIDTH = 200, 336
@@ -151,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         }
         payload = [{**meta, **record} for record in records]
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        tmp.replace(args.json)  # atomic: a reader never sees half a file
+        write_text_atomic(args.json, json.dumps(payload, indent=2))
     return 0
 
 

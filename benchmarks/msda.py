@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from unipercept.data.io import write_text_atomic
 from unipercept.ops import cpu_isa, ms_deform_attn, ms_deform_attn_pytorch, msda_backend
 
 HEADS, HEAD_DIM, LEVELS, POINTS = 8, 32, 4, 4
@@ -283,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         }
         payload = [{**meta, **record} for record in records]
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        tmp.replace(args.json)  # atomic: a reader never sees half a file
+        write_text_atomic(args.json, json.dumps(payload, indent=2))
     return 0
 
 

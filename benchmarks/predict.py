@@ -27,6 +27,7 @@ import torch
 
 from unipercept import load_model, predict
 from unipercept.assets import samples
+from unipercept.data.io import write_text_atomic
 from unipercept.data.video import open_frames
 from unipercept.structures import CategoryPrompt
 
@@ -107,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "results": rows,
         }
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        tmp.replace(args.json)  # atomic: a reader never sees half a file
+        write_text_atomic(args.json, json.dumps(payload, indent=2))
     return 0
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from unipercept import config
+from unipercept.data.io import write_text_atomic
 from unipercept.data.preprocess import ImagePreprocessor
 from unipercept.structures import CategoryPrompt, Instances
 from unipercept.tasks import InstanceSegmentationTask
@@ -192,9 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         }
         payload = [{**meta, **record} for record in records]
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        tmp.replace(args.json)  # atomic: a reader never sees half a file
+        write_text_atomic(args.json, json.dumps(payload, indent=2))
     return 0
 
 
