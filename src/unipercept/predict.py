@@ -81,28 +81,18 @@ def _is_pattern(text: str) -> bool:
 
 def _image_files(path: str) -> list[Path] | None:
     """The image files of an image, a folder or a pattern (None for a video file)."""
-    import glob
-
-    from unipercept.data.video import IMAGE_SUFFIXES, natural_key
+    from unipercept.data.video import IMAGE_SUFFIXES, image_files
 
     candidate = Path(path)
-    if candidate.is_dir():
-        files = [p for p in candidate.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
-        if not files:
-            raise InputError(f"--input {path}: the folder holds no image (jpg, png, bmp, webp)")
-        return sorted(files, key=natural_key)
     if candidate.is_file():
         return [candidate] if candidate.suffix.lower() in IMAGE_SUFFIXES else None
-    if _is_pattern(path):
-        files = [
-            Path(p)
-            for p in glob.glob(path, recursive=True)
-            if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file()
-        ]
-        if not files:
-            raise InputError(f"--input {path}: the pattern matches no image file")
-        return sorted(files, key=natural_key)
-    raise InputError(f"--input {path}: no such file, folder or pattern")
+    if not candidate.is_dir() and not _is_pattern(path):
+        raise InputError(f"--input {path}: no such file, folder or pattern")
+    files = image_files(path)
+    if not files:
+        what = "the folder holds" if candidate.is_dir() else "the pattern matches"
+        raise InputError(f"--input {path}: {what} no image file (jpg, png, bmp, webp)")
+    return files
 
 
 def _check_images(files: Sequence[Path]) -> list[tuple[int, int]]:
@@ -480,10 +470,12 @@ def _run_video(
     names: list[str],
     *,
     image_task: bool,
+    annotations: list | None = None,
     snapshot_every: int = SNAPSHOT_EVERY,
-) -> tuple[dict, Any]:
+) -> dict[str, Any]:
     """A video (file, folder or pattern of frames): a session for a video task, or each frame
-    answered alone for an image task. Returns the predictions and the video's info."""
+    answered alone for an image task. ``annotations``: sot/vos's first-frame prompts. Returns
+    the predictions."""
     from unipercept.data.datasets.base import DatasetError
     from unipercept.tasks.snapshot import load_snapshot, save_snapshot
 
@@ -503,7 +495,7 @@ def _run_video(
             except StopIteration:
                 raise InputError(f"--input {frames_path}: the video has no frame") from None
             if job.task in ANNOTATION_TASKS:
-                prompt = _annotation_prompts(job, first)
+                prompt = annotations
                 names[:] = _category_names(job, len(prompt))
             else:
                 prompt = job.prompt
@@ -576,7 +568,7 @@ def _run_video(
             {"track_id": t, "category_id": label + 1, "score": round(score, 5)}
             for t, (label, score) in sorted(summary.track_labels.items())
         ]
-    return predictions, info
+    return predictions
 
 
 def render_video(
@@ -666,12 +658,13 @@ def run(
 
     validate(job)
     files = None if job.task in VIDEO_TASKS else _image_files(job.input)
+    annotations = None
     if files is not None:
         _check_images(files)
+    elif job.task in ANNOTATION_TASKS:  # --box / --mask checked against the first frame
+        annotations = _annotation_prompts(job, _first_frame(job.input))
     else:
         _open_video(job.input).close()
-    if job.task in ANNOTATION_TASKS:  # checks --box / --mask against the first frame
-        _annotation_prompts(job, _first_frame(job.input))
     if model is None:
         torch_device = _device(device)
         try:
@@ -687,13 +680,14 @@ def run(
             predictions = _run_images(job, folder, model, files, names)
             video_out = None
         else:
-            predictions, _ = _run_video(
+            predictions = _run_video(
                 job,
                 folder,
                 model,
                 job.input,
                 names,
                 image_task=job.task in IMAGE_TASKS,
+                annotations=annotations,
                 snapshot_every=snapshot_every,
             )
             stem = "frames" if _is_pattern(job.input) else Path(job.input.rstrip("/")).stem

@@ -40,9 +40,13 @@ def _changed(model: UniPercept) -> UniPercept:
     return model
 
 
+def model_config():
+    return config.compose_group_option("model", "unipercept_tiny")
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[UniPercept, Path]:
-    cfg = config.compose_group_option("model", "unipercept_tiny")
+    cfg = model_config()
     torch.manual_seed(0)
     model = _changed(config.instantiate(cfg)).eval()
     folder = tmp_path_factory.mktemp("pretrained") / "tiny"
@@ -148,10 +152,6 @@ def test_saving_replaces_a_folder_only_when_complete(saved, tmp_path, monkeypatc
         save_pretrained(model, target, exclude_pretrained=False, config=model_config())
     assert (target / "keep.txt").read_text() == "earlier"
     assert sorted(os.listdir(tmp_path)) == ["target"]
-
-
-def model_config():
-    return config.compose_group_option("model", "unipercept_tiny")
 
 
 def test_the_model_methods_and_the_top_level_loader_agree(saved, tmp_path):

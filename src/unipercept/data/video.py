@@ -182,6 +182,17 @@ class ImageListSource(FrameSource):
             yield index, _checked(load_image(path), path, index, self.info)
 
 
+def image_files(folder_or_pattern: str | Path) -> list[Path]:
+    """The image files (jpg, jpeg, png, bmp, webp; any case) in a folder or matching a glob
+    pattern, in natural order (``frame2`` before ``frame10``); possibly none."""
+    if Path(folder_or_pattern).is_dir():
+        candidates = Path(folder_or_pattern).iterdir()
+    else:
+        candidates = (Path(p) for p in glob.glob(str(folder_or_pattern), recursive=True))
+    found = [p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return sorted(found, key=natural_key)
+
+
 class FolderSource(ImageListSource):
     """Frames from every image file in a folder (jpg, jpeg, png, bmp, webp; any case), in natural
     order (``frame2`` before ``frame10``); a folder without images is a :class:`DatasetError`.
@@ -194,14 +205,12 @@ class FolderSource(ImageListSource):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"frame folder not found: {self.folder}")
-        paths = [
-            p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        ]
+        paths = image_files(self.folder)
         if not paths:
             raise DatasetError(
                 self.folder, "folder", f"holds no image file ({', '.join(sorted(IMAGE_SUFFIXES))})"
             )
-        super().__init__(sorted(paths, key=natural_key))
+        super().__init__(paths)
 
 
 def open_frames(path: str | Path | Sequence[str | Path]) -> FrameSource:
@@ -231,14 +240,10 @@ def open_frames(path: str | Path | Sequence[str | Path]) -> FrameSource:
             return ImageListSource([candidate])
         return VideoFileSource(candidate)
     if re.search(r"[*?[]", str(path)):
-        matches = [
-            Path(p)
-            for p in glob.glob(str(path), recursive=True)
-            if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file()
-        ]
+        matches = image_files(path)
         if not matches:
             raise FileNotFoundError(f"no image file matches the pattern {path}")
-        return ImageListSource(sorted(matches, key=natural_key))
+        return ImageListSource(matches)
     raise FileNotFoundError(f"no video file, frame folder or pattern at {path}")
 
 

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unipercept import __version__
 from unipercept.data.io import default_permissions
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ def save_pretrained(
     unknown = set(settings) - {"short_size", "max_size"}
     if unknown:
         raise ValueError(f"preprocess takes short_size and max_size, got {sorted(unknown)}")
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    state = model.state_dict()  # the model's own tensors: shared ones keep one data_ptr
 
     excluded: dict[str, str] = {}
     if exclude_pretrained:
@@ -162,7 +163,7 @@ def save_pretrained(
                 and tensor.numel() > 1
                 and built.shape == tensor.shape
                 and built.dtype == tensor.dtype
-                and torch.equal(built, tensor)
+                and torch.equal(built, tensor.cpu())
                 and not torch.equal(tensor.min(), tensor.max())
             ):
                 excluded[name] = tensor_digest(tensor)
@@ -170,7 +171,7 @@ def save_pretrained(
     stored: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     by_storage: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         if name in excluded:
             continue
         key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
@@ -178,11 +179,11 @@ def save_pretrained(
             aliases[name] = by_storage[key]
             continue
         by_storage[key] = name
-        stored[name] = state[name].contiguous().clone()
+        stored[name] = tensor.detach().cpu().contiguous().clone()
 
     meta = {
         "format_version": FORMAT_VERSION,
-        "library_version": _library_version(),
+        "library_version": __version__,
         "description": description,
         "preprocess": settings,
         "aliases": aliases,
@@ -210,12 +211,6 @@ def save_pretrained(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-def _library_version() -> str:
-    from unipercept import __version__
-
-    return __version__
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
