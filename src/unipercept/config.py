@@ -7,8 +7,10 @@ imported only when a function here is called: ``import unipercept`` never initia
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,3 +79,136 @@ def instantiate(config: DictConfig | dict[str, Any], **kwargs: Any) -> Any:
     from hydra.utils import instantiate as hydra_instantiate
 
     return hydra_instantiate(config, **kwargs)
+
+
+class UntrustedConfigError(ValueError):
+    """A config read from disk that names something the library does not build from data."""
+
+
+@dataclass(frozen=True)
+class AllowedTarget:
+    """One callable that a config read from disk may name as ``_target_``.
+
+    Args:
+        module: the module to import (``"unipercept.modeling"``).
+        qualname: the attribute path inside it (``"build_unipercept"``,
+            ``"MobileNetV2.from_torchvision_checkpoint"``).
+        arguments: the keyword arguments it may receive; ``None`` for the project's own
+            builders, whose typed keyword-only signatures refuse anything else. Third-party
+            callables always list theirs: their ``**kwargs`` reach switches such as
+            ``trust_remote_code``.
+    """
+
+    module: str
+    qualname: str
+    arguments: frozenset[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.qualname}"
+
+    def resolve(self) -> Any:
+        found: Any = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            found = getattr(found, part)
+        return found
+
+
+# Hydra's keys that only steer how a node is built; everything else is a keyword argument.
+_BUILD_KEYS = {"_target_", "_convert_", "_recursive_"}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def build_allowed(
+    config: Mapping[str, Any], allowed: Sequence[AllowedTarget], *, source: str
+) -> Any:
+    """Builds a config that came from disk (a model folder, a checkpoint), naming only
+    ``allowed`` callables: the safe counterpart of :func:`instantiate` for data.
+
+    Hydra's ``instantiate`` calls whatever ``_target_`` names (``torch.load`` with
+    ``weights_only: false``, ``builtins.exec``, ...), so a config file would be code. Here every
+    node with a ``_target_`` must name an allowed callable, may carry only the keyword
+    arguments it allows, and is built bottom-up from plain values (strings, numbers, booleans,
+    null, lists and mappings); ``_args_``, ``_partial_`` and non-recursive nodes are refused.
+
+    Args:
+        config: the plain container (e.g. ``yaml.safe_load`` of ``config.yaml``).
+        allowed: what may be built.
+        source: the file the config came from, named in errors.
+
+    Returns:
+        The built object.
+
+    Raises:
+        UntrustedConfigError: a target or argument outside the allow-list, or a value that is
+            not plain data; nothing has been called when it is raised.
+    """
+    by_name = {target.name: target for target in allowed}
+    plan = _check_node(config, "", by_name, source)  # every node checked before any call
+    return _build_node(plan)
+
+
+def _check_node(node: Any, where: str, allowed: Mapping[str, AllowedTarget], source: str) -> Any:
+    def fail(message: str) -> UntrustedConfigError:
+        return UntrustedConfigError(f"{source}: {where or 'the top level'}: {message}")
+
+    if isinstance(node, _PLAIN):
+        return node
+    if isinstance(node, list | tuple):
+        return [_check_node(item, f"{where}[{i}]", allowed, source) for i, item in enumerate(node)]
+    if not isinstance(node, Mapping):
+        raise fail(f"a {type(node).__name__} is not plain data")
+    for key in node:
+        if not isinstance(key, str):
+            raise fail(f"key {key!r} is not a string")
+    children = {
+        key: _check_node(value, f"{where}.{key}".lstrip("."), allowed, source)
+        for key, value in node.items()
+        if key not in _BUILD_KEYS
+    }
+    if "_target_" not in node:
+        return _Plain(children)
+    name = node["_target_"]
+    if not isinstance(name, str) or name not in allowed:
+        raise fail(
+            f"_target_ {name!r} is not something this library builds from a file "
+            f"(it builds only: {', '.join(sorted(allowed))})"
+        )
+    if node.get("_recursive_", True) is not True:
+        raise fail("_recursive_: false is not allowed")
+    if node.get("_convert_", "none") not in ("none", "partial", "object", "all"):
+        raise fail(f"_convert_ {node['_convert_']!r} is not a Hydra conversion mode")
+    steering = sorted(key for key in children if key.startswith("_") and key.endswith("_"))
+    if steering:
+        raise fail(f"{steering[0]} is not allowed in a config read from disk")
+    target = allowed[name]
+    if target.arguments is not None:
+        extra = sorted(set(children) - target.arguments)
+        if extra:
+            raise fail(
+                f"{name} takes only {', '.join(sorted(target.arguments))} from a file, "
+                f"not {extra[0]}"
+            )
+    return _Call(target, children)
+
+
+@dataclass(frozen=True)
+class _Plain:
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Call:
+    target: AllowedTarget
+    arguments: dict[str, Any]
+
+
+def _build_node(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_build_node(item) for item in node]
+    if isinstance(node, _Plain):
+        return {key: _build_node(value) for key, value in node.values.items()}
+    if isinstance(node, _Call):
+        arguments = {key: _build_node(value) for key, value in node.arguments.items()}
+        return node.target.resolve()(**arguments)
+    return node

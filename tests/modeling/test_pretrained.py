@@ -138,9 +138,9 @@ def test_unknown_names_list_the_bundled_models(tmp_path):
 
 def test_saving_replaces_a_folder_only_when_complete(saved, tmp_path, monkeypatch):
     model, _ = saved
-    target = tmp_path / "target"
-    target.mkdir()
+    target = save_pretrained(model, tmp_path / "target", config=model_config())
     (target / "keep.txt").write_text("earlier")
+    before = {name: (target / name).read_bytes() for name in os.listdir(target)}
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
@@ -151,6 +151,7 @@ def test_saving_replaces_a_folder_only_when_complete(saved, tmp_path, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(model, target, exclude_pretrained=False, config=model_config())
     assert (target / "keep.txt").read_text() == "earlier"
+    assert {name: (target / name).read_bytes() for name in os.listdir(target)} == before
     assert sorted(os.listdir(tmp_path)) == ["target"]
 
 

@@ -3,29 +3,38 @@
 A pretrained folder holds
 
 - ``config.yaml``: the model's resolved config (what ``conf/model/*`` composes to), built again
-  with :func:`unipercept.config.instantiate`;
+  with :func:`unipercept.config.build_allowed`: a folder is data, so its config may name only
+  the builders in :data:`MODEL_TARGETS`, never an arbitrary ``_target_``;
 - ``model.safetensors``: the weights (never a pickle);
-- ``unipercept.json``: the format version, the inference resolution, a description, tensors
-  stored once for several names, and the tensors left out because building the config
-  gives them already (pretrained weights the offline packages install, e.g. a frozen text
-  encoder), each with the SHA-256 of its bytes, checked when loading.
+- ``unipercept.json``: the format version, the SHA-256 of ``model.safetensors``, the inference
+  resolution, a description, tensors stored once for several names, and the tensors left out
+  because building the config gives them already (pretrained weights the offline packages
+  install, e.g. a frozen text encoder), each with the SHA-256 of its bytes. Both checksums
+  are verified when loading.
+
+``save_pretrained`` writes a new folder, an empty one, or over an earlier save (replacing only
+its own three files); it refuses a file path or a folder holding anything else.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unipercept import __version__
+from unipercept.config import AllowedTarget, UntrustedConfigError, build_allowed
 from unipercept.data.io import default_permissions
 
 if TYPE_CHECKING:
@@ -34,9 +43,40 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "unipercept.json"
-FORMAT_VERSION = 1
+# 2 records the weights file's SHA-256; folders of version 1 still load (unchecked, with a warning).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DEFAULT_MODEL = "unipercept-tiny"
-_TMP_MARK = ".tmp-"
+OWN_FILES = (WEIGHTS_FILE, CONFIG_FILE, META_FILE)
+
+logger = logging.getLogger(__name__)
+
+_RESNET_CONFIG = frozenset(
+    {
+        "num_channels",
+        "embedding_size",
+        "hidden_sizes",
+        "depths",
+        "layer_type",
+        "hidden_act",
+        "downsample_in_first_stage",
+        "downsample_in_bottleneck",
+        "out_features",
+        "out_indices",
+    }
+)
+# What a model folder's config.yaml may build: the project's model builders and backbones, and
+# the two transformers calls its ResNet config uses, with their arguments spelled out.
+MODEL_TARGETS = (
+    AllowedTarget("unipercept.modeling", "build_unipercept"),
+    AllowedTarget("unipercept.modeling", "build_deformable_detr"),
+    AllowedTarget("unipercept.modeling.backbone", "MobileNetV2"),
+    AllowedTarget("unipercept.modeling.backbone", "MobileNetV2.from_torchvision_checkpoint"),
+    AllowedTarget("unipercept.modeling.backbone", "HFBackbone"),
+    AllowedTarget("unipercept.modeling.prompt", "TextEncoder.from_pretrained"),
+    AllowedTarget("transformers", "AutoBackbone.from_config", frozenset({"config"})),
+    AllowedTarget("transformers", "ResNetConfig", _RESNET_CONFIG),
+)
 
 
 class PretrainedError(ValueError):
@@ -87,10 +127,20 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def _build(config: Mapping[str, Any]) -> UniPercept:
-    from unipercept import config as configs
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    return configs.instantiate(dict(config))
+
+def _build(config: Mapping[str, Any], source: str) -> UniPercept:
+    try:
+        return build_allowed(config, MODEL_TARGETS, source=source)
+    except UntrustedConfigError as error:
+        raise PretrainedError(str(error)) from None
 
 
 def _config_container(config: Any) -> dict[str, Any]:
@@ -116,8 +166,11 @@ def save_pretrained(
     description: str = "",
     exclude_pretrained: bool = True,
 ) -> Path:
-    """Writes ``model`` as a pretrained folder, atomically (an existing folder is replaced only
-    once the new one is complete).
+    """Writes ``model`` as a pretrained folder.
+
+    A new folder appears atomically, complete. Into an empty folder or an earlier save, the
+    three files are written completely and then renamed over the old ones; other files there
+    (a README) stay. Anything else is refused: nothing the library did not write is replaced.
 
     Args:
         model: the model.
@@ -133,9 +186,15 @@ def save_pretrained(
 
     Returns:
         The folder.
+
+    Raises:
+        FileExistsError: ``folder`` is a file, or a non-empty folder that is not an earlier
+            save (checked before any work).
+        PretrainedError: the config names something a model folder may not build.
     """
     from omegaconf import OmegaConf
 
+    _check_destination(Path(folder))
     config = config if config is not None else getattr(model, "config", None)
     if config is None:
         raise ValueError(
@@ -155,7 +214,7 @@ def save_pretrained(
         # them, not an installed package.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int.from_bytes(os.urandom(7), "little"))
-            fresh = _build(container).state_dict()
+            fresh = _build(container, "the model's config").state_dict()
         for name, tensor in state.items():
             built = fresh.get(name)
             if (
@@ -191,26 +250,49 @@ def save_pretrained(
     }
 
     folder = Path(folder)
+    _check_destination(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}{_TMP_MARK}{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        tmp.mkdir()
-        save_file(stored, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(container), encoding="utf-8")
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        default_permissions(tmp / WEIGHTS_FILE)  # safetensors writes it owner-only
-        old = None
-        if folder.exists():
-            old = folder.with_name(f"{folder.name}{_TMP_MARK}old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        save_file(stored, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        default_permissions(staging / WEIGHTS_FILE)  # safetensors writes it owner-only
+        meta["weights_sha256"] = file_digest(staging / WEIGHTS_FILE)
+        (staging / CONFIG_FILE).write_text(OmegaConf.to_yaml(container), encoding="utf-8")
+        (staging / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        default_permissions(staging)  # mkdtemp makes it owner-only
+        if folder.is_dir():
+            # An earlier save or an empty folder: only our files are replaced (the metadata
+            # last), anything else a user keeps there stays. Interrupted between two renames,
+            # the folder fails the weights checksum instead of loading mixed files.
+            for name in OWN_FILES:
+                os.replace(staging / name, folder / name)
+            staging.rmdir()
+        else:
+            os.replace(staging, folder)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _check_destination(folder: Path) -> None:
+    """Refuses a destination whose content save_pretrained did not write."""
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file; save_pretrained writes a folder")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not (folder / META_FILE).is_file():
+        raise FileExistsError(
+            f"{folder} is not empty and holds no earlier save ({META_FILE}); save_pretrained "
+            "replaces only its own files: choose a new or empty folder"
+        )
+    try:
+        _read_meta(folder)
+    except PretrainedError as error:
+        raise FileExistsError(
+            f"{folder} is not empty and its {META_FILE} is not one save_pretrained wrote "
+            f"({error}); choose a new or empty folder"
+        ) from None
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
@@ -220,11 +302,31 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise PretrainedError(f"{path}: not readable JSON ({error})") from error
     version = meta.get("format_version") if isinstance(meta, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise PretrainedError(
-            f"{path}: format_version {version}, this library reads {FORMAT_VERSION}"
+            f"{path}: format_version {version}, this library reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     return meta
+
+
+def _check_weights_file(folder: Path, meta: Mapping[str, Any]) -> None:
+    """Compares ``model.safetensors`` with the SHA-256 that save_pretrained recorded."""
+    expected = meta.get("weights_sha256")
+    if expected is None and meta["format_version"] == 1:
+        logger.warning(
+            "%s: saved by an older unipercept without a weights checksum; the weights' bytes "
+            "are not verified (save_pretrained again to add one)",
+            folder,
+        )
+        return
+    if not isinstance(expected, str):
+        raise PretrainedError(f"{folder / META_FILE}: no weights_sha256 for {WEIGHTS_FILE}")
+    if file_digest(folder / WEIGHTS_FILE) != expected:
+        raise PretrainedError(
+            f"{folder / WEIGHTS_FILE}: its bytes do not match the SHA-256 in {META_FILE} (a "
+            "damaged or replaced file, or an interrupted save_pretrained)"
+        )
 
 
 def from_pretrained(
@@ -238,28 +340,32 @@ def from_pretrained(
 
     Raises:
         PretrainedError: a missing or unreadable file, weights that do not fit the config, or
-            rebuilt pretrained weights that differ from those the model was saved with.
+            rebuilt pretrained weights that differ from those the model was saved with, weights
+            whose bytes differ from the recorded SHA-256, or a config naming anything outside
+            :data:`MODEL_TARGETS` (nothing it names is called then).
     """
-    from omegaconf import OmegaConf
-
     folder = resolve_pretrained(name_or_path)
     meta = _read_meta(folder)
     try:
-        container = OmegaConf.to_container(OmegaConf.load(folder / CONFIG_FILE), resolve=True)
-    except Exception as error:
-        raise PretrainedError(f"{folder / CONFIG_FILE}: not a readable config ({error})") from error
+        # Plain YAML: no tags, no interpolation; the config is data, built from MODEL_TARGETS.
+        container = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise PretrainedError(f"{folder / CONFIG_FILE}: not a readable config ({error})") from None
+    if not isinstance(container, dict):
+        raise PretrainedError(f"{folder / CONFIG_FILE}: not a mapping of model settings")
     try:
         weights = load_file(str(folder / WEIGHTS_FILE))
     except (SafetensorError, OSError) as error:
         raise PretrainedError(
             f"{folder / WEIGHTS_FILE}: not a safetensors file ({error})"
         ) from error
+    _check_weights_file(folder, meta)
     for alias, name in meta.get("aliases", {}).items():
         if name not in weights:
             raise PretrainedError(f"{folder / META_FILE}: alias {alias} names missing {name}")
         weights[alias] = weights[name]
 
-    model = _build(container)
+    model = _build(container, str(folder / CONFIG_FILE))
     expected = model.state_dict()
     unexpected = sorted(set(weights) - set(expected))
     if unexpected:
