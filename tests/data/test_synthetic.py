@@ -435,7 +435,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_refuses_a_non_empty_folder_and_replaces_it_atomically(tmp_path):
+def test_cli_refuses_a_non_empty_folder_and_replaces_only_an_earlier_world(tmp_path):
     out = tmp_path / "world"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
@@ -443,9 +443,25 @@ def test_cli_refuses_a_non_empty_folder_and_replaces_it_atomically(tmp_path):
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1 and "--overwrite" in refused.stderr
     assert (out / "keep.txt").is_file()
-    replaced = _cli("--out", str(out), "--seed", "3", "--overwrite")
+    # --overwrite replaces an earlier world, never a folder of other files.
+    refused = _cli("--out", str(out), "--seed", "3", "--overwrite")
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1 and "not a generated world" in refused.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    assert _cli("--out", str(out), "--seed", "3").returncode == 0
+    replaced = _cli("--out", str(out), "--seed", "4", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
-    assert not (out / "keep.txt").exists() and (out / "coco").is_dir()
+    assert '"seed": 4' in (out / "summary.json").read_text() and (out / "coco").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]
+
+
+def test_overwrite_refuses_a_file_in_the_way(tmp_path):
+    out = tmp_path / "world"
+    out.write_text("a file")
+    with pytest.raises(FileExistsError, match="not a generated world"):
+        generate(out, SEED, "small", overwrite=True)
+    assert out.read_text() == "a file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]
 
 

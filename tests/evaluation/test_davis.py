@@ -185,3 +185,20 @@ def test_bad_input_names_the_file(tmp_path: Path):
     write_index_folder(pred / "unknown", _prediction(truth))
     with pytest.raises(ValueError, match="unknown"):
         evaluate_vos(gt, pred)
+
+
+def test_writing_a_sequence_replaces_only_a_folder_of_pngs(tmp_path):
+    truth = _sequence(2)
+    folder = tmp_path / "results" / "seq"
+    write_index_folder(folder, truth)
+    write_index_folder(folder, {"00000": truth["00000"]})  # an earlier answer: replaced whole
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png"]
+    (folder / "README").write_text("not a result")
+    with pytest.raises(FileExistsError, match="README"):
+        write_index_folder(folder, truth)
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "README"]
+    (tmp_path / "results" / "file").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        write_index_folder(tmp_path / "results" / "file", truth)
+    assert (tmp_path / "results" / "file").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["file", "seq"]

@@ -45,6 +45,16 @@ def test_rewriting_an_expression_replaces_it_whole(tmp_path):
     assert sorted(p.name for p in folder.parent.iterdir()) == ["0"]
 
 
+def test_an_expression_folder_holding_other_files_is_not_replaced(tmp_path):
+    submission = RefYouTubeVosSubmission(tmp_path)
+    folder = submission.write("v", "0", ["a"], _masks(1))
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        submission.write("v", "0", ["c"], _masks(1))
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "notes.txt"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["0"]  # no staging left
+
+
 def test_bad_input_names_the_expression_and_writes_nothing(tmp_path):
     submission = RefYouTubeVosSubmission(tmp_path)
     with pytest.raises(ValueError, match=r"v/0: 2 frame names for 3 masks"):

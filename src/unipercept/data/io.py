@@ -7,7 +7,9 @@ import io
 import json
 import os
 import pickle
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +152,55 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def is_png_file(path: Path) -> bool:
+    """Whether ``path`` is a regular ``.png`` file: what the mask writers may replace."""
+    return path.is_file() and not path.is_symlink() and path.suffix.lower() == ".png"
+
+
+def replace_folder(
+    staging: str | Path, folder: str | Path, *, owned: Callable[[Path], bool]
+) -> Path:
+    """Renames the complete ``staging`` folder to ``folder``, so readers see the old folder or
+    the whole new one, and never deletes what the writer did not write.
+
+    An existing ``folder`` is replaced only when each entry in it is one the writer could have
+    written (``owned``: e.g. the PNGs of a results folder); anything else there, or a file at
+    ``folder``, stops the write with ``staging`` left untouched for the caller to discard.
+
+    Args:
+        staging: the new content, on the same file system (create it beside ``folder``).
+        folder: where it goes.
+        owned: whether an entry of an existing ``folder`` may be replaced.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        FileExistsError: ``folder`` is a file, or holds an entry ``owned`` refuses (named).
+    """
+    staging, folder = Path(staging), Path(folder)
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir() or folder.is_symlink():
+            raise FileExistsError(f"{folder} exists and is not a folder; it was left as it is")
+        foreign = next((entry for entry in sorted(folder.iterdir()) if not owned(entry)), None)
+        if foreign is not None:
+            raise FileExistsError(
+                f"{folder} holds {foreign.name}, which this writer did not write; nothing was "
+                "replaced (write elsewhere, or move it away)"
+            )
+        # A directory rename cannot replace a non-empty one: the old one moves aside first, into
+        # a fresh folder of our own that is then deleted.
+        aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        os.replace(folder, aside / folder.name)
+        try:
+            os.replace(staging, folder)
+        except BaseException:
+            os.replace(aside / folder.name, folder)
+            aside.rmdir()
+            raise
+        shutil.rmtree(aside)
+    else:
+        os.replace(staging, folder)
+    return folder

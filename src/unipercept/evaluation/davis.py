@@ -19,7 +19,6 @@ id 1; any non-zero predicted pixel then belongs to it.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,7 @@ import cv2
 import numpy as np
 
 from unipercept.data.datasets.base import DatasetError
-from unipercept.data.io import load_index_png
+from unipercept.data.io import is_png_file, load_index_png, replace_folder
 from unipercept.data.synthetic.encoding import encode_index_png
 
 VOID = 255
@@ -254,11 +253,15 @@ def write_index_folder(folder: str | Path, indices: Mapping[str, np.ndarray]) ->
     """Writes (H, W) object indices as DAVIS palette PNGs ``<folder>/<name>.png``, atomically.
 
     The PNGs go into a temporary folder beside ``folder`` that is then renamed into place, so
-    readers never see a half-written sequence; an existing ``folder`` is replaced.
+    readers never see a half-written sequence. An existing ``folder`` is replaced only when it
+    holds nothing but PNG files (an earlier answer); anything else there stops the write.
 
     Args:
         folder: the sequence folder to create.
         indices: (H, W) integer indices in [0, 255] by frame name (file stem).
+
+    Raises:
+        FileExistsError: ``folder`` is a file or holds something other than PNG files.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -269,16 +272,7 @@ def write_index_folder(folder: str | Path, indices: Mapping[str, np.ndarray]) ->
             if index.ndim != 2 or index.min(initial=0) < 0 or index.max(initial=0) > 255:
                 raise ValueError(f"{name}: expected (H, W) indices in [0, 255]")
             (staging / f"{name}.png").write_bytes(encode_index_png(index))
-        if folder.exists():
-            # A directory rename cannot replace a non-empty one: move the old one aside first.
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent)
-            )
-            os.replace(folder, old / folder.name)
-            os.replace(staging, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, folder)
+        replace_folder(staging, folder, owned=is_png_file)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

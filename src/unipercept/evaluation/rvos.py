@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from unipercept.data.io import is_png_file, replace_folder
 from unipercept.evaluation.davis import VosResult, evaluate_sequence
 
 
@@ -42,7 +43,8 @@ class RefYouTubeVosSubmission:
         self.annotations = self.root / "Annotations"
 
     def write(self, video: str, expression: str, frame_names: Sequence[str], masks: Tensor) -> Path:
-        """Writes one expression's masks, replacing an earlier answer for it.
+        """Writes one expression's masks, replacing an earlier answer for it (a folder of PNG
+        files; a folder holding anything else is left alone and the write refused).
 
         Args:
             video, expression: the ids from ``meta_expressions.json``.
@@ -51,6 +53,9 @@ class RefYouTubeVosSubmission:
 
         Returns:
             the expression's folder.
+
+        Raises:
+            FileExistsError: the expression's folder is a file or holds non-PNG entries.
         """
         for name, value in (("video", video), ("expression", expression)):
             if not value or "/" in value or value in (".", ".."):
@@ -75,14 +80,7 @@ class RefYouTubeVosSubmission:
                     raise ValueError(f"{video}/{expression}: bad frame name {name!r}")
                 image = Image.fromarray(mask.astype(np.uint8) * 255)  # 2-D uint8: mode "L"
                 image.save(staging / f"{name}.png")
-            if target.exists():
-                old = target.with_name(f".{expression}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                target.rename(old)
-                staging.rename(target)
-                shutil.rmtree(old)
-            else:
-                staging.rename(target)
+            replace_folder(staging, target, owned=is_png_file)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

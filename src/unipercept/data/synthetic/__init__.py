@@ -16,14 +16,16 @@ module documents its layout. The same seed gives the same bytes. Run
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
+
+from unipercept.data.io import replace_folder
 
 from .encoding import encode_index_png, encode_jpeg
 from .image_formats import CocoRefcocoWriter
@@ -234,16 +236,16 @@ def generate(
 ) -> WorldSummary:
     """Generates the world and writes every dataset under ``out``.
 
-    The output is built in ``<out>.tmp-<pid>`` beside ``out`` and renamed to ``out`` only when
-    complete, so an interrupted run never leaves a half-written ``out``; an existing ``out``
-    is replaced only after the new one is complete.
+    The output is built in a temporary folder beside ``out`` and renamed to ``out`` only when
+    complete, so an interrupted run never leaves a half-written ``out``; an earlier world at
+    ``out`` is replaced only after the new one is complete, and nothing else is ever replaced.
 
     Args:
         out: the output folder; it must not exist or be empty unless ``overwrite``.
         seed: a non-negative integer; the same seed gives the same bytes.
         size: ``"small"`` (seconds; for tests) or ``"train"`` (minutes; for training), see
             :data:`PRESETS`.
-        overwrite: replace a non-empty ``out``.
+        overwrite: replace an earlier world at ``out`` (a folder holding ``summary.json``).
         progress: show a tqdm progress bar.
 
     Returns:
@@ -251,7 +253,8 @@ def generate(
         with paths relative to ``out``.
 
     Raises:
-        FileExistsError: ``out`` is not empty and ``overwrite`` is False.
+        FileExistsError: ``out`` is not empty and ``overwrite`` is False, or ``out`` is not
+            empty and not an earlier world.
         ValueError: a negative seed or an unknown size.
     """
     out = Path(out).absolute()
@@ -259,11 +262,16 @@ def generate(
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     if size not in PRESETS:
         raise ValueError(f"size must be one of {sorted(PRESETS)}, got {size!r}")
-    if _is_occupied(out) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    staging = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    if _is_occupied(out):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+        if not (out / "summary.json").is_file():
+            raise FileExistsError(
+                f"{out} is not a generated world (no summary.json); --overwrite replaces only an "
+                "earlier world, never other files: choose another folder"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         built = _build(staging, seed, size, progress)
         record = {
@@ -285,18 +293,6 @@ def generate(
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
-    """Renames the complete ``staging`` folder to ``out``, replacing what was there."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-        staging.rename(out)
-        return
-    retired = out.with_name(f"{out.name}.old-{os.getpid()}")
-    out.rename(retired)
-    staging.rename(out)
-    if retired.is_dir():
-        shutil.rmtree(retired)
-    else:
-        retired.unlink()
+    """Renames the complete ``staging`` folder to ``out``, replacing an earlier world there
+    (checked by the caller: an empty folder or one with ``summary.json``)."""
+    replace_folder(staging, out, owned=lambda entry: True)
