@@ -23,8 +23,9 @@ from unipercept.tasks import TASKS, ImageTask, Task, VideoSession, VideoTask
 
 
 def as_image(image: Any) -> Tensor:
-    """A (3, H, W) uint8 RGB tensor from a path, a PIL image, an (H, W, 3) uint8 array or such a
-    tensor (returned as is).
+    """A (3, H, W) RGB tensor from a path, a PIL image, an (H, W, 3) uint8 array, or such a
+    tensor (returned as is: uint8 in 0..255, or float in [0, 1]; the preprocessor refuses float
+    values outside [0, 1], so 0..255 given as float is an error, not a washed-out image).
 
     Raises:
         ValueError: anything else, naming what was given.

@@ -20,17 +20,37 @@ from torch import Tensor
 
 from unipercept.data.datasets.base import DatasetError
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _rgb8(image: Image.Image, path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a decoded image, 16-bit grey scaled to 8 bits."""
+    if image.mode in _SIXTEEN_BIT:
+        # PIL's convert("RGB") clips 16-bit values at 255 (a white picture): scale instead.
+        wide = np.asarray(image, dtype=np.uint32)
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "32-bit float"
+        raise DatasetError(
+            path,
+            "image",
+            f"a {kind} image has no standard brightness range; save it as 8 or 16 bits per channel",
+        )
+    return np.array(image.convert("RGB"))  # (H, W, 3), writable
+
 
 def load_image(path: str | Path) -> Tensor:
-    """(3, H, W) uint8 RGB pixels of an image file.
+    """(3, H, W) uint8 RGB pixels of an image file (16-bit grey is scaled to 8 bits).
 
     Raises:
-        DatasetError: the file is missing, unreadable or not an image.
+        DatasetError: the file is missing, unreadable, not an image, or a 32-bit integer or
+            float image (whose brightness range is unknown).
     """
     path = Path(path)
     try:
         with Image.open(path) as image:
-            array = np.array(image.convert("RGB"))  # (H, W, 3), writable
+            array = _rgb8(image, path)
     except FileNotFoundError:
         raise DatasetError(path, "image", "file not found") from None
     except (UnidentifiedImageError, OSError) as error:

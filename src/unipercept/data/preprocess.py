@@ -51,10 +51,14 @@ class ImagePreprocessor:
 
     def __call__(self, images: Sequence[Tensor], device: torch.device | str = "cpu") -> ImageBatch:
         """Args:
-            images: (3, H, W) uint8 RGB images (or float in [0, 1]).
+            images: (3, H, W) RGB images: uint8 in 0..255, or float in [0, 1].
 
         Returns:
             the batch on ``device``.
+
+        Raises:
+            ValueError: a wrong shape, an empty image, another dtype, or a float image with
+                values outside [0, 1] (e.g. 0..255 given as float), naming the image.
         """
         prepared, originals = [], []
         for index, image in enumerate(images):
@@ -63,6 +67,21 @@ class ImagePreprocessor:
                     f"images[{index}] must be a (3, H, W) RGB tensor, got {tuple(image.shape)}"
                 )
             height, width = image.shape[1:]
+            if height == 0 or width == 0:
+                raise ValueError(f"images[{index}] is empty: {tuple(image.shape)}")
+            if image.is_floating_point():
+                low, high = image.aminmax()
+                if not (low >= 0 and high <= 1):  # NaN fails too
+                    raise ValueError(
+                        f"images[{index}] is a float tensor with values in [{float(low):g}, "
+                        f"{float(high):g}]; float images must be in [0, 1] (pass uint8 for "
+                        "0..255)"
+                    )
+            elif image.dtype != torch.uint8:
+                raise ValueError(
+                    f"images[{index}] has dtype {image.dtype}; expected uint8 (0..255) or "
+                    "float (0..1)"
+                )
             originals.append((height, width))
             x = image.to(device)
             x = x.float() / 255.0 if not x.is_floating_point() else x.float()

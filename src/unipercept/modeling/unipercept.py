@@ -213,7 +213,8 @@ class UniPercept(nn.Module):
         """Results for one image: ``model.predict("street.png", "person. car")``.
 
         Args:
-            image: a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) uint8 tensor.
+            image: a path, a PIL image, an (H, W, 3) uint8 array, or a (3, H, W) tensor: uint8
+                in 0..255 or float in [0, 1] (a float image with values above 1 is refused).
             prompt: category names (``"cat. dog"``), an expression for rec/res, or a prompt.
             task: det, insseg, rec or res (or an ImageTask); ``options`` go to the task
                 (e.g. ``score_threshold=0.3``).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from numbers import Real
 from typing import ClassVar
 
 import torch
@@ -11,6 +12,18 @@ from torch import Tensor
 
 from unipercept.modeling.outputs import DecoderOutput
 from unipercept.structures import ImageBatch, Instances, Prompt, clip_boxes, denormalize_boxes
+
+
+def check_fraction(name: str, value: object) -> float:
+    """``value`` as a float in [0, 1] (a score threshold, a weight).
+
+    Raises:
+        ValueError: anything but a finite real number in [0, 1] (a string, NaN, 5), naming it.
+    """
+    # NaN fails the range test too.
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
 
 
 class Task(ABC):

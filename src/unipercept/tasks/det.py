@@ -7,7 +7,13 @@ from typing import ClassVar
 
 from unipercept.modeling.outputs import DecoderOutput
 from unipercept.structures import CategoryPrompt, ImageBatch, Instances
-from unipercept.tasks.base import ImageTask, boxes_in_original, combined_scores, masks_in_original
+from unipercept.tasks.base import (
+    ImageTask,
+    boxes_in_original,
+    check_fraction,
+    combined_scores,
+    masks_in_original,
+)
 from unipercept.tasks.suppression import Suppression
 
 
@@ -34,13 +40,11 @@ class DetectionTask(ImageTask):
         quality_weight: float = 0.5,
         suppression: Suppression | None = None,
     ) -> None:
-        if not 0 <= quality_weight <= 1:
-            raise ValueError(f"quality_weight must be in [0, 1], got {quality_weight}")
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        self.score_threshold = score_threshold
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (an integer), got {top_k!r}")
+        self.score_threshold = check_fraction("score_threshold", score_threshold)
         self.top_k = top_k
-        self.quality_weight = quality_weight
+        self.quality_weight = check_fraction("quality_weight", quality_weight)
         self.suppression = suppression
 
     def make_prompt(self, names: str | Sequence[str]) -> CategoryPrompt:

@@ -6,7 +6,13 @@ from typing import ClassVar
 
 from unipercept.modeling.outputs import DecoderOutput
 from unipercept.structures import ExpressionPrompt, ImageBatch, Instances
-from unipercept.tasks.base import ImageTask, boxes_in_original, combined_scores, masks_in_original
+from unipercept.tasks.base import (
+    ImageTask,
+    boxes_in_original,
+    check_fraction,
+    combined_scores,
+    masks_in_original,
+)
 
 
 class ReferringTask(ImageTask):
@@ -21,9 +27,7 @@ class ReferringTask(ImageTask):
     with_masks: ClassVar[bool] = False
 
     def __init__(self, *, quality_weight: float = 0.5) -> None:
-        if not 0 <= quality_weight <= 1:
-            raise ValueError(f"quality_weight must be in [0, 1], got {quality_weight}")
-        self.quality_weight = quality_weight
+        self.quality_weight = check_fraction("quality_weight", quality_weight)
 
     def make_prompt(self, text: str) -> ExpressionPrompt:
         return ExpressionPrompt(text)

@@ -49,6 +49,7 @@ class VideoSession(ABC):
         self.model = model
         self.preprocess = preprocess
         self.frames_seen = 0
+        self.frame_size: tuple[int, int] | None = None  # (H, W) of the video's frames
         self.closed = False
 
     @property
@@ -61,11 +62,24 @@ class VideoSession(ABC):
 
         Returns:
             this frame's objects, in its pixels, with ``track_ids``.
+
+        Raises:
+            ValueError: a frame that is not (3, H, W), or not the size of the video's first
+                frame (templates, tracks and masks are in that frame's pixels).
         """
         if self.closed:
             raise RuntimeError("this session is closed; start a new one for another video")
         if frame.ndim != 3 or frame.shape[0] != 3:
             raise ValueError(f"frame must be (3, H, W) RGB, got {tuple(frame.shape)}")
+        size = (int(frame.shape[1]), int(frame.shape[2]))
+        if self.frame_size is None:
+            self.frame_size = size
+        elif size != self.frame_size:
+            raise ValueError(
+                f"frame {self.frames_seen} is {size[1]}x{size[0]}, the video's frames are "
+                f"{self.frame_size[1]}x{self.frame_size[0]}; a session follows one video of "
+                "one size (resize the frame, or start a new session)"
+            )
         with torch.no_grad():
             result = self._step(frame)
         self.frames_seen += 1
