@@ -31,6 +31,7 @@ import numpy as np
 from unipercept.data.datasets.base import DatasetError
 from unipercept.data.io import is_png_file, load_index_png, replace_folder
 from unipercept.data.synthetic.encoding import encode_index_png
+from unipercept.data.video import natural_key
 
 VOID = 255
 BOUND_TH = 0.008
@@ -219,8 +220,8 @@ class VosResult:
 
 
 def read_index_folder(folder: str | Path) -> dict[str, np.ndarray]:
-    """The (H, W) uint8 object indices of every PNG of a sequence folder, by file stem in name
-    order.
+    """The (H, W) uint8 object indices of every PNG of a sequence folder, by file stem in
+    natural order (``2`` before ``10``).
 
     Raises:
         ValueError: a missing folder, an unreadable PNG, or PNGs of different sizes (naming the
@@ -230,7 +231,7 @@ def read_index_folder(folder: str | Path) -> dict[str, np.ndarray]:
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder")
     indices: dict[str, np.ndarray] = {}
-    for png in sorted(folder.glob("*.png")):
+    for png in sorted(folder.glob("*.png"), key=natural_key):
         try:
             index = load_index_png(png)
         except DatasetError as error:
@@ -289,7 +290,10 @@ def evaluate_sequence(
     """Scores one sequence's predicted indices against its true indices.
 
     Args:
-        truth: (H, W) true indices by frame name; the scored frames are these, in name order.
+        truth: (H, W) true indices by frame name; the scored frames are these, in natural
+            order (``2`` before ``10``, as frames are listed everywhere; DAVIS's zero-padded
+            names sort the same either way), which decides the first and last frame and the
+            quarters of the decay.
         predicted: (H, W) predicted indices by frame name.
         sequence: the name given to the scores and error messages.
         exclude_first_last: leave out the first frame (given to the method) and the last, as
@@ -303,7 +307,7 @@ def evaluate_sequence(
         ValueError: a missing predicted frame, a size mismatch, or a predicted index that is no
             object of the ground truth.
     """
-    frames = sorted(truth)
+    frames = sorted(truth, key=natural_key)
     if exclude_first_last:
         frames = frames[1:-1]
     if not frames:

@@ -126,7 +126,7 @@ def _drop_name(frames: list[dict]) -> None:
 
 BAD = {
     "box outside": (
-        _edit_label("box2d", {"x1": 2, "y1": 3, "x2": 40, "y2": 8}),
+        _edit_label("box2d", {"x1": 33, "y1": 3, "x2": 40, "y2": 8}),
         f"video {VIDEO} frame 0 label 871",
         "outside the 32x24 image",
         "label",
@@ -155,6 +155,16 @@ def test_bad_record_raises_or_is_skipped(tmp_path, case):
     (sample,) = reader.samples()
     assert reader.skipped == {kind: 1}
     assert sum(len(f.instances) for f in sample.frames) == instances
+
+
+def test_box_past_the_image_is_clipped_and_counted(tmp_path):
+    frames = _frames()
+    frames[-1]["labels"][0]["box2d"] = {"x1": 2, "y1": 3, "x2": 40, "y2": 8}
+    reader = _reader(tmp_path, frames)
+    (sample,) = reader.samples()
+    assert sample.frames[0].instances.boxes[0].tolist() == [2.0, 3.0, 32.0, 9.0]
+    # This car and the second frame's bus, which overhangs by a pixel.
+    assert dict(reader.changed) == {"clipped box": 2} and not reader.skipped
 
 
 def test_undecodable_rle_raises_or_is_skipped(tmp_path):

@@ -151,7 +151,7 @@ def _set(index: int, key: str, value):
 BAD_ANNOTATIONS = {
     "unknown image": (_set(0, "image_id", 99), "annotation 101", "image_id 99"),
     "unknown category": (_set(1, "category_id", 5), "annotation 102", "category_id 5"),
-    "box outside": (_set(0, "bbox", [25, 3, 8, 6]), "annotation 101 (image 7)", "outside"),
+    "box outside": (_set(0, "bbox", [31, 3, 8, 6]), "annotation 101 (image 7)", "outside"),
     "zero width": (_set(0, "bbox", [2, 3, 0, 6]), "annotation 101 (image 7)", "zero or negative"),
     "negative height": (_set(1, "bbox", [2, 3, 4, -1]), "annotation 102 (image 7)", "negative"),
     "garbage rle": (
@@ -183,6 +183,19 @@ def test_bad_annotation_raises_or_is_skipped(tmp_path, case):
     samples = reader.samples()
     assert reader.skipped == {"annotation": 1}
     assert len(samples) == 2 and len(samples[0].frames[0].instances) == 2
+
+
+def test_box_past_the_image_is_clipped_and_counted(tmp_path, caplog):
+    """Boxes overhanging their image by any amount are clipped to it and counted (logged once);
+    only a box wholly outside is a bad record (see BAD_ANNOTATIONS)."""
+    data = _dataset()
+    data["annotations"][0]["bbox"] = [25, -4, 8, 6]
+    reader = _reader(tmp_path, data)
+    with caplog.at_level("INFO", logger="unipercept.data.datasets.base"):
+        first, _ = reader.samples()
+    assert first.frames[0].instances.boxes[0].tolist() == [25.0, 0.0, 30.0, 2.0]
+    assert dict(reader.changed) == {"clipped box": 1} and not reader.skipped
+    assert [r.getMessage() for r in caplog.records] == ["coco: read with 1 clipped box"]
 
 
 def test_missing_image_file_raises_or_skips_the_image(tmp_path):

@@ -92,7 +92,7 @@ def test_annotation_without_image_names_the_png_and_frame(tmp_path):
 def test_missing_images_folder_is_reported(tmp_path):
     davis_tree(tmp_path)
     (tmp_path / "ImageSets/2017/train.txt").write_text("bear\ncows\n")
-    with pytest.raises(DatasetError, match=r"JPEGImages.480p.cows: sequence cows: no JPEG"):
+    with pytest.raises(DatasetError, match=r"JPEGImages.480p.cows: sequence cows: no frame ima"):
         DavisReader(root=tmp_path).samples()
 
 
@@ -122,6 +122,36 @@ def test_skip_mode_counts_and_skips(tmp_path):
     assert dict(reader.skipped) == {"annotation": 1, "sequence": 1}
     # The badly sized annotation is dropped; its frame stays, unannotated, to keep time steps.
     assert [f.annotated for f in samples[0].frames] == [True, False, False]
+
+
+def test_unpadded_frames_are_in_natural_order(tmp_path):
+    """Frames 0..11 named without zero padding read as 0, 1, 2, ..., 10, 11 (as ``predict``
+    lists them), not in name order (0, 1, 10, 11, 2, ...)."""
+    index = np.zeros(SIZE, dtype=np.uint8)
+    index[2:5, 3:7] = 1
+    for t in range(12):
+        write_jpeg(tmp_path / "JPEGImages" / "480p" / "bear" / f"{t}.jpg")
+    write_palette_png(tmp_path / "Annotations" / "480p" / "bear" / "0.png", index)
+    write_palette_png(tmp_path / "Annotations" / "480p" / "bear" / "10.png", index)
+    (tmp_path / "ImageSets" / "2017").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "2017" / "train.txt").write_text("bear\n")
+    (sample,) = DavisReader(root=tmp_path).samples()
+    assert [f.image.stem for f in sample.frames] == [str(t) for t in range(12)]
+    assert [t for t, f in enumerate(sample.frames) if f.annotated] == [0, 10]
+
+
+def test_png_frames_are_frames(tmp_path):
+    """JPEGImages holding PNG frames (which ``evaluate --images`` takes) read like JPEGs."""
+    davis_tree(tmp_path)
+    folder = tmp_path / "JPEGImages" / "480p" / "bear"
+    for jpeg in sorted(folder.glob("*.jpg")):
+        with Image.open(jpeg) as image:
+            image.save(jpeg.with_suffix(".png"))
+        jpeg.unlink()
+    (sample,) = DavisReader(root=tmp_path).samples()
+    assert [f.image.name for f in sample.frames] == ["00000.png", "00001.png", "00002.png"]
+    assert [f.annotated for f in sample.frames] == [True, True, False]
+    assert sample.frames[0].instances.track_ids.tolist() == [1, 2, -1]
 
 
 def test_blackswan_reference_sequence(tmp_path):

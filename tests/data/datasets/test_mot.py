@@ -68,9 +68,10 @@ def test_reads_frames_boxes_ids_and_ignore_rows(tmp_path):
     assert [f.image.name for f in sample.frames] == ["000001.jpg", "000002.jpg", "000003.jpg"]
     first, second, third = sample.frames
     assert first.image_size == (HEIGHT, WIDTH)
-    # Class 7 is not kept; the conf-0 row stays as an ignored instance; boxes are not clipped.
+    # Class 7 is not kept; the conf-0 row stays as an ignored instance; the box overhanging
+    # the image's left edge is clipped to it.
     assert first.instances.track_ids.tolist() == [1, 2, 4]
-    assert first.instances.boxes.tolist() == [[2, 3, 12, 23], [20, 5, 28, 21], [-3, 4, 5, 20]]
+    assert first.instances.boxes.tolist() == [[2, 3, 12, 23], [20, 5, 28, 21], [0, 4, 5, 20]]
     assert first.ignore.tolist() == [False, False, True]
     assert first.instances.labels.tolist() == [0, 0, 0]
     assert second.instances.track_ids.tolist() == [1]
@@ -96,6 +97,44 @@ def test_classes_visibility_and_missing_gt(tmp_path):
     assert not any(frame.annotated for frame in test_sample.frames)
 
 
+def test_rows_of_classes_not_kept_are_counted_and_logged_once(tmp_path, caplog):
+    _sequence(tmp_path)
+    _sequence(tmp_path, "MOT17-04")
+    reader = MotChallengeReader(root=tmp_path)
+    with caplog.at_level("INFO", logger="unipercept.data.datasets.base"):
+        reader.samples()
+    assert dict(reader.changed) == {
+        "row of class 2 (person_on_vehicle) left out": 2,
+        "row of class 7 (static_person) left out": 2,
+        "clipped box": 2,
+    }
+    assert [r.getMessage() for r in caplog.records] == [
+        "mot: read with 2 clipped box, 2 row of class 2 (person_on_vehicle) left out, "
+        "2 row of class 7 (static_person) left out"
+    ]
+
+
+def test_classes_none_keeps_every_class_with_its_name(tmp_path):
+    from unipercept.data.datasets.mot import MOT_CLASSES
+
+    _sequence(tmp_path)
+    reader = MotChallengeReader(root=tmp_path, classes=None)
+    (sample,) = reader.samples()
+    assert reader.categories == tuple(MOT_CLASSES.values())
+    assert reader.categories[:3] == ("pedestrian", "person_on_vehicle", "car")
+    assert len(reader.categories) == 13 and reader.categories[-1] == "crowd"
+    first, second, _ = sample.frames
+    assert first.instances.track_ids.tolist() == [1, 2, 3, 4]
+    assert first.instances.labels.tolist() == [0, 0, 6, 0]
+    assert second.instances.labels.tolist() == [0, 1]
+    assert set(reader.changed) == {"clipped box"}
+    # Class ids alone are named as MOTChallenge names them.
+    picked = MotChallengeReader(root=tmp_path, classes=(1, 7))
+    assert picked.categories == ("pedestrian", "static_person")
+    with pytest.raises(ValueError, match=r"classes \[99\] are not MOTChallenge class ids"):
+        MotChallengeReader(root=tmp_path, classes=[1, 99])
+
+
 def test_read_detections(tmp_path):
     _sequence(tmp_path)
     detections = MotChallengeReader(root=tmp_path).read_detections("MOT17-02")
@@ -115,8 +154,17 @@ def test_read_detections(tmp_path):
         ("0,6,1,1,5,5,1,1,1", "frame 0 is outside 1..3"),
         ("2,6,1,1,0,5,1,1,1", "box width 0 or height 5 is not positive"),
         ("2,1,1,1,5,5,1,1,1", "id 1 appears twice in frame 2"),
+        ("2,6,40,1,5,5,1,1,1", r"box \[40.0, 1.0, 45.0, 6.0\] lies outside the 40x30 image"),
     ],
-    ids=["columns", "non-numeric", "frame after end", "frame zero", "empty box", "repeated id"],
+    ids=[
+        "columns",
+        "non-numeric",
+        "frame after end",
+        "frame zero",
+        "empty box",
+        "repeated id",
+        "box outside",
+    ],
 )
 def test_bad_gt_line_raises_or_is_skipped(tmp_path, line, problem):
     _sequence(tmp_path, gt=GT + line + "\n")

@@ -163,3 +163,18 @@ def test_ref_davis_counts_problems_of_the_videos(tmp_path):
     reader = RefDavisReader(root=tmp_path, on_error="skip")
     assert len(reader.samples()) == 2
     assert dict(reader.skipped) == {"annotation": 1}
+
+
+def test_unannotated_split_lists_frames_in_natural_order(tmp_path):
+    ref_ytvos_tree(tmp_path)
+    names = [str(t) for t in range(12)]
+    for name in names:
+        write_jpeg(tmp_path / "valid/JPEGImages/v8" / f"{name}.jpg")
+    path = tmp_path / "meta_expressions/valid/meta_expressions.json"
+    data = json.loads(path.read_text())
+    shuffled = ["3", "10", "0", "11", "1", "2", "9", "4", "8", "5", "7", "6"]
+    data["videos"]["v8"] = {"expressions": {"0": {"exp": "a fish"}}, "frames": shuffled}
+    path.write_text(json.dumps(data))
+    samples = RefYouTubeVosReader(root=tmp_path, split="valid").samples()
+    v8 = next(s for s in samples if s.sample_id == "v8")
+    assert [f.image.stem for f in v8.frames] == names

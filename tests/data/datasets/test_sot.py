@@ -142,3 +142,21 @@ def test_trackingnet_unpadded_frame_order_and_test_chunk(tmp_path):
     (tmp_path / "TRAIN_0" / "anno" / "seqA.txt").unlink()
     with pytest.raises(DatasetError, match=r"seqA\.txt: sequence seqA: file not found"):
         TrackingNetReader(root=tmp_path).samples()
+
+
+def test_clipped_boxes_are_counted(tmp_path):
+    lasot_tree(tmp_path)
+    reader = LasotReader(root=tmp_path, split="train")
+    (sample,) = reader.samples()
+    # "10 8 10 10" overhangs the 16x12 image: clipped (the reader's one change), not skipped.
+    assert sample.frames[3].instances.boxes.tolist() == [[10.0, 8.0, 16.0, 12.0]]
+    assert dict(reader.changed) == {"clipped box": 1} and not reader.skipped
+
+
+def test_png_frames_in_natural_order(tmp_path):
+    folder = tmp_path / "train" / "GOT-10k_Train_000002"
+    write_frames(folder, [f"frame_{t}.png" for t in range(1, 12)])
+    (folder / "groundtruth.txt").write_text("".join(f"{t},1,2,2\n" for t in range(1, 12)))
+    (tmp_path / "train" / "list.txt").write_text("GOT-10k_Train_000002\n")
+    (sample,) = Got10kReader(root=tmp_path).samples()
+    assert [f.image.stem for f in sample.frames] == [f"frame_{t}" for t in range(1, 12)]

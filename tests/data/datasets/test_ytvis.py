@@ -179,3 +179,25 @@ def test_skip_mode_counts_and_skips(tmp_path):
     assert first_video.frames[0].instances.track_ids.tolist() == [11]
     with pytest.raises(DatasetError, match=r"annotations\.json: annotation 12: unknown video_id 9"):
         reader(tmp_path).samples()
+
+
+def test_bbox_past_the_frame_is_clipped_and_counted_and_one_outside_is_bad(tmp_path):
+    path = ytvis_json(tmp_path)
+    data = json.loads(path.read_text())
+    data["annotations"][1]["bboxes"][0] = [-2, 3, 20, 5]
+    path.write_text(json.dumps(data))
+    vis = reader(tmp_path)
+    first_video, _ = vis.samples()
+    assert first_video.frames[0].instances.boxes[0].tolist() == [0.0, 3.0, 16.0, 8.0]
+    assert dict(vis.changed) == {"clipped box": 1} and not vis.skipped
+    # A bbox wholly outside the frame is a bad record, like a bad mask in that frame.
+    data["annotations"][1]["bboxes"][0] = [17, 3, 4, 5]
+    path.write_text(json.dumps(data))
+    with pytest.raises(
+        DatasetError, match=r"video 1 annotation 10 frame 0: box .* lies outside the 16x12 image"
+    ):
+        reader(tmp_path).samples()
+    vis = reader(tmp_path, on_error="skip")
+    first_video, _ = vis.samples()
+    assert first_video.frames[0].instances.track_ids.tolist() == [11]
+    assert dict(vis.skipped) == {"mask": 1}

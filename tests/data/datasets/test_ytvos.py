@@ -149,5 +149,18 @@ def test_skip_mode_counts_and_skips(tmp_path):
     assert [s.sample_id for s in samples] == ["v0", "v1"]
     assert dict(reader.skipped) == {"annotation": 1, "video": 1}
     assert samples[1].frames[5].annotated is False
-    with pytest.raises(DatasetError, match=r"JPEGImages.v2: video v2: no JPEG frames"):
+    with pytest.raises(DatasetError, match=r"JPEGImages.v2: video v2: no frame images"):
         YouTubeVosReader(root=tmp_path).read_video("v2")
+
+
+def test_unpadded_frames_are_in_natural_order(tmp_path):
+    ytvos_tree(tmp_path)
+    folder = tmp_path / "train" / "JPEGImages" / "v0"
+    for t in range(1, 12):
+        write_jpeg(folder / f"{t}.jpg")
+    (folder / "00000.jpg").rename(folder / "0.jpg")
+    annotations = tmp_path / "train" / "Annotations" / "v0"
+    (annotations / "00000.png").rename(annotations / "0.png")
+    v0 = YouTubeVosReader(root=tmp_path).read_video("v0")
+    assert [f.image.stem for f in v0.frames] == [str(t) for t in range(12)]
+    assert [f.annotated for f in v0.frames] == [True] + [False] * 11

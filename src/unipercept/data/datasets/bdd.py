@@ -28,7 +28,7 @@ import pycocotools.mask as mask_utils
 import torch
 
 from unipercept.data.datasets.base import DatasetError, DatasetReader, OnError
-from unipercept.data.datasets.coco import clip_box, segmentation_to_rle
+from unipercept.data.datasets.coco import segmentation_to_rle
 from unipercept.data.io import image_size as read_image_size
 from unipercept.data.io import load_json
 from unipercept.data.types import Frame, Sample
@@ -63,8 +63,10 @@ class Bdd100kReader(DatasetReader):
     Bad records are reported through :meth:`DatasetReader.problem`: a frame record without
     ``name`` / ``videoName`` / ``frameIndex``, with a repeated ``frameIndex``, or whose image
     is missing (kind ``"frame"``, the frame is left out); a label without an id, with an id
-    repeated in its frame, a box with no area or more than 1 px outside the image, or (with
-    ``masks``) a missing or undecodable ``rle`` (kind ``"label"``, the label is left out).
+    repeated in its frame, a box with no area or wholly outside the image, or (with ``masks``)
+    a missing or undecodable ``rle`` (kind ``"label"``, the label is left out). A box
+    overhanging the image is clipped to it and counted in :attr:`changed` (see
+    :mod:`unipercept.data.datasets.base`).
 
     Args:
         labels: a folder of json files, or one json file.
@@ -161,11 +163,13 @@ class Bdd100kReader(DatasetReader):
                 continue
             label_id = label.get("id")
             label_name = f"{name} label {label_id if label_id is not None else f'#{index}'}"
-            box, rle, why = self._geometry(label)
             if not isinstance(label_id, str | int):
-                why = "has no id"
+                box, rle, why = [], None, "has no id"
             elif str(label_id) in frame_ids:
-                why = "id repeated in the frame"
+                box, rle, why = [], None, "id repeated in the frame"
+            else:
+                # Last: a clipped box is counted only when its label is kept.
+                box, rle, why = self._geometry(label)
             if why is not None:
                 self.problem(path, label_name, why, "label")
                 continue
@@ -201,7 +205,7 @@ class Bdd100kReader(DatasetReader):
                 x1, y1, x2, y2 = (float(box2d[key]) for key in ("x1", "y1", "x2", "y2"))
             except (KeyError, TypeError, ValueError):
                 return [], None, f"box2d {box2d!r} needs numbers x1, y1, x2, y2"
-            box, why = clip_box(x1, y1, x2 + 1, y2 + 1, self.image_size)
+            box, why = self.clip_box((x1, y1, x2 + 1, y2 + 1), self.image_size)
             return box, rle, why
         if rle is None:
             return [], None, "has no box2d"

@@ -21,7 +21,6 @@ An image-info json without ``annotations`` (COCO test-dev) reads as unannotated 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,10 +32,6 @@ from unipercept.data.io import load_json
 from unipercept.data.types import Frame, Sample
 from unipercept.structures import Instances
 from unipercept.structures.masks import RLE, RLEMasks, polygons_to_rle
-
-# Annotation tools round box corners outward, so boxes often overhang their image by a pixel;
-# such overflows are clipped, larger ones are errors.
-BOX_TOLERANCE = 1.0
 
 
 def _run_lengths(counts: str) -> list[int]:
@@ -104,29 +99,6 @@ def segmentation_to_rle(segmentation: Any, image_size: tuple[int, int]) -> RLE:
     return {"size": [height, width], "counts": counts}
 
 
-def clip_box(
-    x1: float, y1: float, x2: float, y2: float, image_size: tuple[int, int]
-) -> tuple[list[float], str | None]:
-    """Clips an xyxy box that overhangs its image by at most :data:`BOX_TOLERANCE`.
-
-    Returns:
-        The clipped box and None, or the box and why it is rejected (not finite, empty,
-        inverted, or outside the image by more than the tolerance).
-    """
-    height, width = image_size
-    box = [x1, y1, x2, y2]
-    if not all(math.isfinite(v) for v in box):
-        return box, f"box {box} is not finite"
-    if x2 <= x1 or y2 <= y1:
-        return box, f"box {box} has zero or negative width or height"
-    if min(x1, y1) < -BOX_TOLERANCE or x2 > width + BOX_TOLERANCE or y2 > height + BOX_TOLERANCE:
-        return box, f"box {box} lies outside the {width}x{height} image"
-    clipped = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
-    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        return box, f"box {box} is empty once clipped to the {width}x{height} image"
-    return clipped, None
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -148,10 +120,11 @@ class CocoReader(DatasetReader):
     the image headers, so reading needs no image decoding.
 
     Bad records are reported through :meth:`DatasetReader.problem`: an annotation of an unknown
-    image or category, a duplicate annotation id, a box with no area or more than
-    :data:`BOX_TOLERANCE` outside its image, or a segmentation that does not decode (each
-    skips the annotation, kind ``"annotation"``); and an image record without id, file or
-    size, or whose file is missing (each skips the image, kind ``"image"``).
+    image or category, a duplicate annotation id, a box with no area or wholly outside its
+    image, or a segmentation that does not decode (each skips the annotation, kind
+    ``"annotation"``); and an image record without id, file or size, or whose file is missing
+    (each skips the image, kind ``"image"``). A box overhanging its image is clipped to it and
+    counted in :attr:`changed` (see :mod:`unipercept.data.datasets.base`).
 
     Args:
         annotations: the json file.
@@ -283,13 +256,15 @@ class CocoReader(DatasetReader):
                 self.problem(self.path, name, f"bbox {bbox!r} is not [x, y, w, h]", "annotation")
                 continue
             x, y, w, h = bbox
-            box, why = clip_box(x, y, x + w, y + h, image.size)
-            rle = None
-            if why is None and self.masks:
+            rle, why = None, None
+            if self.masks:
                 try:
                     rle = segmentation_to_rle(record.get("segmentation"), image.size)
                 except ValueError as error:
                     why = f"segmentation does not decode: {error}"
+            if why is None:
+                # Last: a clipped box is counted only when its annotation is kept.
+                box, why = self.clip_box((x, y, x + w, y + h), image.size)
             if why is not None:
                 self.problem(self.path, name, why, "annotation")
                 continue

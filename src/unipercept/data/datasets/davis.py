@@ -3,7 +3,7 @@
 On disk (the layout of the DAVIS 2017 releases, which also carry the 2016 sets)::
 
     root/
-      JPEGImages/<resolution>/<sequence>/00000.jpg ...
+      JPEGImages/<resolution>/<sequence>/00000.jpg ...   (or .png, ...)
       Annotations/<resolution>/<sequence>/00000.png ...
       ImageSets/<year>/<split>.txt          one sequence name per line
 
@@ -13,12 +13,15 @@ files paint void pixels with index 255: they become one extra instance with trac
 binary (0 and 255, mode "L" or "P"): every non-zero pixel belongs to the one object, id 1 (a
 2017 multi-object PNG read as 2016 gives the union of its objects, the 2016 foreground).
 
-Every JPEG of a sequence is a frame, in file-name order; a frame without a PNG (test-dev
-annotates only the first frame) has no instances and ``annotated=False``. An object missing
-from a frame is simply not among that frame's instances. The data are class-agnostic:
-``categories`` is ``()`` and every label is 0. Every frame carries ``masks`` (empty
-:class:`RLEMasks` when it has no objects); 2017 frames always carry ``ignore``, 2016 ones never.
-The image size comes from the first frame's header and is assumed constant in a sequence.
+Every image of a sequence's ``JPEGImages`` folder is a frame (jpg as released, or any suffix of
+:data:`unipercept.data.video.IMAGE_SUFFIXES`, as :func:`unipercept.data.video.image_files` lists
+them), in natural order (``2.jpg`` before ``10.jpg``; DAVIS's zero-padded names sort the same either
+way); a frame without a PNG (test-dev annotates only the first frame) has no instances and
+``annotated=False``. An object missing from a frame is simply not among that frame's instances. The
+data are class-agnostic: ``categories`` is ``()`` and every label is 0. Every frame carries
+``masks`` (empty :class:`RLEMasks` when it has no objects); 2017 frames always carry ``ignore``,
+2016 ones never. The image size comes from the first frame's header and is assumed constant in a
+sequence.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from unipercept.data.datasets.base import DatasetError, DatasetReader, OnError
 from unipercept.data.io import image_size, load_index_png
 from unipercept.data.types import Frame, Sample
+from unipercept.data.video import image_files
 from unipercept.structures import Instances, RLEMasks, rle_encode
 
 VOID = 255
@@ -73,23 +77,23 @@ def no_instances(size: tuple[int, int]) -> Instances:
 def frame_annotations(
     reader: DatasetReader, images: Sequence[Path], annotations_dir: Path, record: str
 ) -> dict[str, Path]:
-    """The PNGs of a video by frame name; a PNG whose JPEG is missing is reported (kind
-    ``"annotation"``) and left out.
+    """The PNGs of a video by frame name; a PNG without a frame image of its name is reported
+    (kind ``"annotation"``) and left out.
 
     Args:
         reader: the reader that reports problems.
-        images: the video's JPEG frames.
+        images: the video's frame images.
         annotations_dir: the video's annotation folder.
         record: the video's record name for messages, e.g. ``"sequence bear"``.
 
     Returns:
-        PNG paths by file stem, for stems that have a JPEG.
+        PNG paths by file stem, for stems that have a frame image.
     """
     pngs = {png.stem: png for png in annotations_dir.glob("*.png")}
     stems = {image.stem for image in images}
     for stem in sorted(set(pngs) - stems):
         reader.problem(
-            pngs[stem], f"{record} frame {stem}", f"has no image {stem}.jpg", "annotation"
+            pngs[stem], f"{record} frame {stem}", f"has no image named {stem}", "annotation"
         )
         del pngs[stem]
     return pngs
@@ -128,7 +132,7 @@ def load_annotation(
 class DavisReader(DatasetReader):
     """Reads one split of DAVIS 2016 or 2017 as one :class:`Sample` per sequence.
 
-    Bad data are reported through :meth:`problem`: a sequence without JPEGs or without its
+    Bad data are reported through :meth:`problem`: a sequence without frames or without its
     annotation folder (kind ``"sequence"``, the sequence is left out); an annotation that cannot
     be decoded, has no image, or whose size differs from the frame's (kind ``"annotation"``:
     the frame stays, unannotated, so time indices keep their meaning).
@@ -193,9 +197,10 @@ class DavisReader(DatasetReader):
         record = f"sequence {sequence}"
         images_dir = self.root / "JPEGImages" / self.resolution / sequence
         annotations_dir = self.root / "Annotations" / self.resolution / sequence
-        images = sorted(images_dir.glob("*.jpg"))
+        images = image_files(images_dir)
         if not images:
-            self.problem(images_dir, record, "no JPEG frames (folder missing or empty)", "sequence")
+            problem = "no frame images (folder missing or empty)"
+            self.problem(images_dir, record, problem, "sequence")
             return None
         if not annotations_dir.is_dir():
             self.problem(annotations_dir, record, "annotation folder not found", "sequence")

@@ -7,12 +7,14 @@ On-disk format::
     <root>/<seq>/gt/gt.txt       frame,id,x,y,w,h,conf,class,visibility  (one box per line)
     <root>/<seq>/det/det.txt     frame,-1,x,y,w,h,score[,...]            (public detections)
 
-Boxes are ``x, y, w, h`` in pixels, kept exactly as written (no 1-based shift, no clipping:
-the benchmark and TrackEval use them so, and people at the border overhang the image). In
-MOT16/17/20 ground truth, ``conf`` 0 marks a box that is not evaluated and ``class`` says what
-the box is (1 pedestrian, 2 person on vehicle, 7 static person, 8 distractor, 12 reflection,
-...). MOT15 ground truth has 10 columns whose 8th to 10th are unused world coordinates (-1):
-read it with ``classes={-1: "pedestrian"}``. Sequences without ``gt/gt.txt`` (test splits)
+Boxes are ``x, y, w, h`` in pixels, read without a 1-based shift. People at the border
+overhang the image: like every reader's, such boxes are clipped to the image and counted (see
+:mod:`unipercept.data.datasets.base`; TrackEval scores the boxes as written, which this reader
+does not feed). In MOT16/17/20 ground truth, ``conf`` 0 marks a box that is not evaluated and
+``class`` says what the box is (:data:`MOT_CLASSES`: 1 pedestrian, 2 person on vehicle, 7
+static person, 8 distractor, 12 reflection, ...; 13 crowd in MOT20). MOT15 ground truth has 10
+columns whose 8th to 10th are unused world coordinates (-1): read it with
+``classes={-1: "pedestrian"}``. Sequences without ``gt/gt.txt`` (test splits)
 read as unannotated frames (``Frame.annotated`` False).
 """
 
@@ -33,6 +35,24 @@ from unipercept.data.types import Frame, Sample
 from unipercept.structures import Instances
 
 _SEQINFO_KEYS = ("seqLength", "imWidth", "imHeight", "imExt")
+
+# The class ids of MOT16/17/20 ground truth (8th column), named as TrackEval names them
+# (trackeval/datasets/mot_challenge_2d_box.py); 1..12 are the MOT16 paper's, MOT20 adds 13.
+MOT_CLASSES: dict[int, str] = {
+    1: "pedestrian",
+    2: "person_on_vehicle",
+    3: "car",
+    4: "bicycle",
+    5: "motorbike",
+    6: "non_mot_vehicle",
+    7: "static_person",
+    8: "distractor",
+    9: "occluder",
+    10: "occluder_on_ground",
+    11: "occluder_full",
+    12: "reflection",
+    13: "crowd",
+}
 
 
 class _SeqInfo(NamedTuple):
@@ -67,30 +87,52 @@ def _row(line: str, columns: int, length: int) -> tuple[list[float], str | None]
     return values, None
 
 
+def _class_names(classes: Mapping[int, str] | Sequence[int] | None) -> dict[int, str]:
+    """The category name of each class id to keep (see :class:`MotChallengeReader`)."""
+    if classes is None:
+        return dict(MOT_CLASSES)
+    if isinstance(classes, Mapping):
+        return {int(key): str(name) for key, name in classes.items()}
+    if isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise ValueError(f"classes must be class ids, {{id: name}} or None, got {classes!r}")
+    unknown = [c for c in classes if isinstance(c, bool) or c not in MOT_CLASSES]
+    if unknown:
+        raise ValueError(
+            f"classes {unknown} are not MOTChallenge class ids {sorted(MOT_CLASSES)}; "
+            "name other ids with a mapping {id: name}"
+        )
+    return {int(c): MOT_CLASSES[int(c)] for c in classes}
+
+
 class MotChallengeReader(DatasetReader):
     """Reads MOTChallenge sequences, one :class:`Sample` per sequence.
 
     Frame ``i`` of the sample (from 0) is MOT frame ``i + 1`` (unless frames were skipped,
-    see below). Ground-truth rows whose class is
-    a key of ``classes`` become instances labelled with the index of their name in
-    :attr:`categories` (the distinct names of ``classes``, in order), ``track_ids`` the MOT
-    ids; rows with ``conf`` 0 stay as instances flagged in ``Frame.ignore``. Rows of other
-    classes are dropped, so TrackEval's distractor handling (removing predictions that match a
-    distractor) is not reproduced. With ``min_visibility > 0`` rows less visible are dropped.
-    Image sizes come from ``seqinfo.ini``, checked against the first frame's image header.
+    see below). Ground-truth rows whose class is one of ``classes`` become instances labelled
+    with the index of their name in :attr:`categories` (the distinct names of ``classes``, in
+    order), ``track_ids`` the MOT ids; rows with ``conf`` 0 stay as instances flagged in
+    ``Frame.ignore``. Rows of other classes are left out, counted per class in
+    :attr:`changed` (``"row of class 7 (static_person) left out"``) and logged once; so
+    TrackEval's distractor handling (removing predictions that match a distractor) is not
+    reproduced. With ``min_visibility > 0`` rows less visible are left out (counted as
+    ``"row below min_visibility left out"``). Boxes overhanging the image are clipped (counted
+    as ``"clipped box"``). Image sizes come from ``seqinfo.ini``, checked against the first
+    frame's image header.
 
-    Bad records are reported through :meth:`DatasetReader.problem`: a gt line with a column
-    count other than 9 or 10, a non-numeric or non-finite value, a frame outside
-    ``1..seqLength``, a box with no area, or an id repeated in a frame (kind ``"row"``, the
-    line is skipped); a missing image file (kind ``"frame"``, the frame is left out of the
-    sample, so frames may then be missing); a missing or incomplete ``seqinfo.ini`` or a
-    frame size that disagrees with it (kind ``"sequence"``, the sequence is skipped).
+    Bad records are reported through :meth:`DatasetReader.problem`: a gt line with a column count
+    other than 9 or 10, a non-numeric or non-finite value, a frame outside ``1..seqLength``, a box
+    with no area or wholly outside the image, or an id repeated in a frame (kind ``"row"``, the line
+    is skipped); a missing image file (kind ``"frame"``, the frame is left out of the sample, so
+    frames may then be missing); a missing or incomplete ``seqinfo.ini`` or a frame size that
+    disagrees with it (kind ``"sequence"``, the sequence is skipped).
 
     Args:
         root: folder holding the sequence folders.
         sequences: names of the sequences to read; None reads every folder with a
             ``seqinfo.ini``, sorted by name.
-        classes: MOT class numbers to keep and their category names.
+        classes: the MOT class ids to keep: a sequence of :data:`MOT_CLASSES` ids (named as
+            there; default ``(1,)``, pedestrians), a mapping of ids to category names (any
+            ids: MOT15's ``{-1: "pedestrian"}``), or None for every MOTChallenge class.
         min_visibility: rows with a lower visibility (9th column) are dropped; 0 keeps all
             (MOT15's -1 included).
         name: dataset name given to the samples.
@@ -103,7 +145,7 @@ class MotChallengeReader(DatasetReader):
         *,
         root: Path,
         sequences: Sequence[str] | None = None,
-        classes: Mapping[int, str] | None = None,
+        classes: Mapping[int, str] | Sequence[int] | None = (1,),
         min_visibility: float = 0.0,
         name: str = "mot",
         on_error: OnError = "raise",
@@ -115,7 +157,7 @@ class MotChallengeReader(DatasetReader):
         if sequences is None:
             sequences = sorted(p.parent.name for p in self.root.glob("*/seqinfo.ini"))
         self.sequences = tuple(sequences)
-        self.classes = dict(classes if classes is not None else {1: "pedestrian"})
+        self.classes = _class_names(classes)
         self.categories: tuple[str, ...] = tuple(dict.fromkeys(self.classes.values()))
         self._labels = {k: self.categories.index(v) for k, v in self.classes.items()}
         self.min_visibility = min_visibility
@@ -175,8 +217,9 @@ class MotChallengeReader(DatasetReader):
         return _SeqInfo(path.parent, length, (height, width), image_dir, section["imExt"])
 
     def _parse(self, path: Path, info: _SeqInfo, columns: int) -> dict[int, list[list[float]]]:
-        """Valid rows of a gt (9 columns used) or det (7) file by frame, cut to the columns
-        used. Ground-truth ids must be unique within a frame."""
+        """Rows of a gt (9 columns used) or det (7) file by frame, cut to the columns used,
+        with the box (columns 2 to 5) as clipped ``x1, y1, x2, y2``. Ground-truth ids must be
+        unique within a frame; ground-truth rows of classes not kept are left out."""
         rows: dict[int, list[list[float]]] = {}
         ids: set[tuple[float, float]] = set()
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -189,8 +232,29 @@ class MotChallengeReader(DatasetReader):
                 self.problem(path, f"line {number}", why, "row")
                 continue
             ids.add((values[0], values[1]))
+            if columns == 9 and not self._kept(values):
+                continue
+            # Last: a clipped box is counted only when its row is kept.
+            x, y, width, height = values[2:6]
+            box, why = self.clip_box((x, y, x + width, y + height), info.size)
+            if why is not None:
+                self.problem(path, f"line {number}", why, "row")
+                continue
+            values[2:6] = box
             rows.setdefault(int(values[0]), []).append(values)
         return rows
+
+    def _kept(self, values: list[float]) -> bool:
+        """Whether a valid gt row is of a class kept and visible enough; counts it if not."""
+        class_id = int(values[7])
+        if class_id not in self._labels:
+            name = MOT_CLASSES.get(class_id)
+            self.changed[f"row of class {class_id}{f' ({name})' if name else ''} left out"] += 1
+            return False
+        if self.min_visibility > 0 and values[8] < self.min_visibility:
+            self.changed["row below min_visibility left out"] += 1
+            return False
+        return True
 
     def _frame(
         self,
@@ -199,17 +263,11 @@ class MotChallengeReader(DatasetReader):
         frame: int,
         rows: dict[int, list[list[float]]] | None,
     ) -> Frame:
-        kept = [
-            row
-            for row in (rows or {}).get(frame, [])
-            if int(row[7]) in self._labels
-            and (self.min_visibility <= 0 or row[8] >= self.min_visibility)
-        ]
+        kept = (rows or {}).get(frame, [])
         table = torch.tensor(kept, dtype=torch.float64).reshape(-1, 9)
-        boxes = torch.cat((table[:, 2:4], table[:, 2:4] + table[:, 4:6]), dim=1).float()
         instances = Instances(
             info.size,
-            boxes=boxes,
+            boxes=table[:, 2:6].float(),
             labels=torch.tensor([self._labels[int(r[7])] for r in kept], dtype=torch.int64),
             track_ids=table[:, 1].long(),
         )
@@ -218,8 +276,9 @@ class MotChallengeReader(DatasetReader):
     def read_detections(self, sequence: str) -> dict[int, tuple[Tensor, Tensor]]:
         """The public detections of a sequence, from ``<seq>/det/det.txt``.
 
-        Bad lines are reported as in ground truth (kind ``"row"``); when skipping, they are
-        counted in :attr:`skipped` without the summary log of iteration.
+        Bad lines are reported as in ground truth (kind ``"row"``), and boxes are clipped to
+        the image as there; when skipping, they are counted in :attr:`skipped` (clipped boxes
+        in :attr:`changed`) without the summary log of iteration.
 
         Args:
             sequence: name of the sequence folder.
@@ -239,6 +298,5 @@ class MotChallengeReader(DatasetReader):
         detections = {}
         for frame in range(1, info.length + 1):
             table = torch.tensor(rows.get(frame, []), dtype=torch.float64).reshape(-1, 7)
-            boxes = torch.cat((table[:, 2:4], table[:, 2:4] + table[:, 4:6]), dim=1)
-            detections[frame] = (boxes.float(), table[:, 6].float())
+            detections[frame] = (table[:, 2:6].float(), table[:, 6].float())
         return detections

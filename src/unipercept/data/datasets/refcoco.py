@@ -94,8 +94,8 @@ class RefCocoReader(DatasetReader):
         self.category_ids = self.coco.category_ids
 
     def _read(self) -> Iterator[Sample]:
-        # The COCO reader reports its problems into this reader's counts.
-        self.coco.skipped = self.skipped
+        # The COCO reader reports its problems (and clipped boxes) into this reader's counts.
+        self.share_counters(self.coco)
         images = self.coco._index_images()
         by_image = self.coco._annotations_by_image(images)
         ann_image = {ann["id"]: image_id for image_id, anns in by_image.items() for ann in anns}

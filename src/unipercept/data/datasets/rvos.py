@@ -7,8 +7,8 @@ On disk, Ref-YouTube-VOS is YouTube-VOS (see :mod:`unipercept.data.datasets.ytvo
                             "frames": ["00000", ...]}}}
 
 Its ``valid`` and ``test`` splits have neither ``meta.json`` nor masks: their videos are read
-from the expression file's ``frames``, without instances (``annotated=False``), and their
-expressions name no object (``target_ids == ()``).
+from the expression file's ``frames`` (in natural order), without instances
+(``annotated=False``), and their expressions name no object (``target_ids == ()``).
 
 Ref-DAVIS17 is DAVIS 2017 (see :mod:`unipercept.data.datasets.davis`) plus::
 
@@ -37,6 +37,7 @@ from unipercept.data.datasets.davis import DavisReader, no_instances
 from unipercept.data.datasets.ytvos import YouTubeVosReader
 from unipercept.data.io import image_size, load_json
 from unipercept.data.types import Expression, Frame, Sample
+from unipercept.data.video import natural_key
 
 # Video names as the Ref-DAVIS17 text files spell them -> DAVIS folder names.
 _DAVIS_ALIASES = {"clasic-car": "classic-car", "dog-scale": "dogs-scale", "motor-bike": "motorbike"}
@@ -98,8 +99,8 @@ class RefYouTubeVosReader(DatasetReader):
         self.expressions_path = Path(root) / "meta_expressions" / split / "meta_expressions.json"
 
     def _read(self) -> Iterator[Sample]:
-        # The composed reader reports into this reader's counter, so one summary is logged.
-        self.videos.skipped = self.skipped
+        # The composed reader reports into this reader's counters, so one summary is logged.
+        self.share_counters(self.videos)
         data = load_json(self.expressions_path)
         if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
             raise DatasetError(self.expressions_path, "videos", 'expected {"videos": {...}}')
@@ -144,7 +145,7 @@ class RefYouTubeVosReader(DatasetReader):
             self.problem(self.expressions_path, record, "expected a list of frames", "video")
             return None
         folder = self.videos.root / self.videos.split / "JPEGImages" / video_id
-        images = [folder / f"{name}.jpg" for name in sorted(names)]
+        images = [folder / f"{name}.jpg" for name in sorted(names, key=natural_key)]
         try:
             size = image_size(images[0])
         except DatasetError as error:
@@ -196,8 +197,8 @@ class RefDavisReader(DatasetReader):
         self.expressions_path = folder / f"Davis17_annot{annotator}{suffix}.txt"
 
     def _read(self) -> Iterator[Sample]:
-        # The composed reader reports into this reader's counter, so one summary is logged.
-        self.videos.skipped = self.skipped
+        # The composed reader reports into this reader's counters, so one summary is logged.
+        self.share_counters(self.videos)
         candidates = self._candidates()
         for sequence in self.videos.sequences():
             sample = self.videos.read_sequence(sequence)

@@ -13,15 +13,16 @@ On disk::
     TrackingNet  root/<chunk>/frames/<seq>/0.jpg, 1.jpg, ...        from 0, not zero-padded
                  root/<chunk>/anno/<seq>.txt                        one box a line
 
-A box line is ``x, y, w, h`` in pixels, separated by commas, tabs or spaces. The target is track
-1 with label 0; ``categories`` is ``()``. A frame has no instance but stays annotated when the
-target is absent: a line of NaN, a zero-size box (the datasets' way to say "absent"), or a frame
-flagged fully occluded, out of view or absent. Boxes partly outside the image are clipped. The
-test splits (GOT-10k ``test``, TrackingNet ``TEST``) give only the first frame's box: the other
-frames have ``annotated=False``. LaSOT's sentence becomes an :class:`Expression` naming track 1
-(left out when no frame shows the target). The image size comes from the first frame's header
-and is assumed constant in a sequence. Frames are ordered by file name, shorter names first, so
-TrackingNet's unpadded ``10.jpg`` comes after ``9.jpg``.
+A box line is ``x, y, w, h`` in pixels, separated by commas, tabs or spaces. The target is track 1
+with label 0; ``categories`` is ``()``. A frame has no instance but stays annotated when the target
+is absent: a line of NaN, a zero-size box (the datasets' way to say "absent"), or a frame flagged
+fully occluded, out of view or absent. Boxes partly outside the image are clipped (and counted, see
+:mod:`unipercept.data.datasets.base`). The test splits (GOT-10k ``test``, TrackingNet ``TEST``) give
+only the first frame's box: the other frames have ``annotated=False``. LaSOT's sentence becomes an
+:class:`Expression` naming track 1 (left out when no frame shows the target). The image size comes
+from the first frame's header and is assumed constant in a sequence. Frames are the folder's images
+(jpg, png, ...; see :func:`unipercept.data.video.image_files`) in natural order, so TrackingNet's
+unpadded ``10.jpg`` comes after ``9.jpg``.
 """
 
 from __future__ import annotations
@@ -38,13 +39,10 @@ from torch import Tensor
 from unipercept.data.datasets.base import DatasetError, DatasetReader, OnError
 from unipercept.data.io import image_size
 from unipercept.data.types import Expression, Frame, Sample, empty_instances
-from unipercept.structures import Instances, box_area, clip_boxes
+from unipercept.data.video import image_files
+from unipercept.structures import Instances
 
 _SEPARATORS = re.compile(r"[,\s]+")
-
-
-def _frame_order(path: Path) -> tuple[int, str]:
-    return len(path.stem), path.stem
 
 
 def _read_lines(path: Path, record: str) -> list[str]:
@@ -91,7 +89,7 @@ class _SotReader(DatasetReader):
 
         Args:
             sample_id: the sequence name.
-            images_dir: the folder of its JPEG frames.
+            images_dir: the folder of its frame images.
             groundtruth: its box file.
             flags: files of per-frame 0/1 flags; a frame flagged in any has no instance.
             first_only: the box file may hold only the first frame's box (test splits).
@@ -101,10 +99,10 @@ class _SotReader(DatasetReader):
             The sample, or None (``on_error="skip"`` only).
         """
         record = f"sequence {sample_id}"
-        images = sorted(images_dir.glob("*.jpg"), key=_frame_order)
+        images = image_files(images_dir)
         try:
             if not images:
-                raise DatasetError(images_dir, record, "no JPEG frames (folder missing or empty)")
+                raise DatasetError(images_dir, record, "no frame images (folder missing or empty)")
             size = image_size(images[0])
             lines = _read_lines(groundtruth, record)
             if len(lines) != len(images) and not (first_only and len(lines) == 1):
@@ -158,12 +156,12 @@ class _SotReader(DatasetReader):
             return None, False
         if w == 0 or h == 0:
             return None, True
-        box = clip_boxes(torch.tensor([x, y, x + w, y + h]), size)
-        if box_area(box) <= 0:
+        box, why = self.clip_box((x, y, x + w, y + h), size)
+        if why is not None:  # finite with a positive size, so: wholly outside the image
             problem = f"box {line!r} lies outside the image of size {size} (height, width)"
             self.problem(path, record, problem, "box")
             return None, False
-        return box, True
+        return torch.tensor(box), True
 
 
 class LasotReader(_SotReader):

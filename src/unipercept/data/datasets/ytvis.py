@@ -8,22 +8,22 @@ On disk, one json beside a folder of frames::
                       "bboxes": [[x, y, w, h] | None, one per frame]}],
      "categories": [{"id", "name"}]}
 
-A segmentation is COCO RLE with compressed (str, or bytes) or uncompressed (list, as in some
-OVIS releases) counts, or a list of polygons; None means the object is not in that frame, and so
-does an empty mask. The box is the frame's bbox when given (clipped to the image), else the
-mask's. Labels index the categories in ascending category-id order. A json without
-``"annotations"`` (a test split) gives frames without instances and ``annotated=False``; in an
-annotated json a video without annotations has empty, annotated frames. Every frame carries
-``masks`` and ``ignore`` (the annotations' ``iscrowd``). The image size is the video's
-``height``/``width``, or the first frame's header when the json has none; it is assumed
-constant in a video.
+A segmentation is COCO RLE with compressed (str, or bytes) or uncompressed (list, as in some OVIS
+releases) counts, or a list of polygons; None means the object is not in that frame, and so does an
+empty mask. The box is the frame's bbox when given, else the mask's; a bbox past the image is
+clipped to it (see :mod:`unipercept.data.datasets.base`). Labels index the categories in ascending
+category-id order. A json without ``"annotations"`` (a test split) gives frames without instances
+and ``annotated=False``; in an annotated json a video without annotations has empty, annotated
+frames. Every frame carries ``masks`` and ``ignore`` (the annotations' ``iscrowd``). The image size
+is the video's ``height``/``width``, or the first frame's header when the json has none; it is
+assumed constant in a video.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import torch
 from unipercept.data.datasets.base import DatasetError, DatasetReader, OnError
 from unipercept.data.io import image_size, load_json
 from unipercept.data.types import Frame, Sample
-from unipercept.structures import RLE, Instances, RLEMasks, clip_boxes, polygons_to_rle
+from unipercept.structures import RLE, Instances, RLEMasks, polygons_to_rle
 
 
 def segmentation_rle(segmentation: Any, size: tuple[int, int]) -> RLE:
@@ -77,8 +77,10 @@ class YouTubeVisReader(DatasetReader):
     (kind ``"video"``, left out); a missing frame image (kind ``"frame"``, that frame is left out
     when ``check_images``); a malformed annotation, or one of an unknown video or category, or
     whose lists do not have one entry per frame (kind ``"annotation"``); a malformed or wrongly
-    sized mask or box in one frame (kind ``"mask"``, that frame's entry is left out). A malformed
-    json, or malformed categories, raise whatever ``on_error`` says.
+    sized mask, or a malformed bbox or one wholly outside the frame, in one frame (kind
+    ``"mask"``, that frame's entry is left out). A bbox overhanging the frame is clipped and
+    counted in :attr:`changed`. A malformed json, or malformed categories, raise whatever
+    ``on_error`` says.
 
     Args:
         annotations: the json file.
@@ -237,32 +239,34 @@ class YouTubeVisReader(DatasetReader):
             for index, segmentation in enumerate(ann["segmentations"]):
                 if segmentation is None:
                     continue
-                bbox = bboxes[index] if bboxes is not None else None
+                frame_record = f"{ann_record} frame {index}"
                 try:
                     rle = segmentation_rle(segmentation, size)
-                    box = self._box(rle, bbox, size)
+                    x, y, w, h = self._xywh(rle, bboxes[index] if bboxes is not None else None)
                 except ValueError as error:
-                    frame_record = f"{ann_record} frame {index}"
                     self.problem(self.annotations, frame_record, str(error), "mask")
                     continue
-                if mask_utils.area(rle) > 0:
-                    entries[index].append((ann, rle, box))
+                if mask_utils.area(rle) == 0:
+                    continue  # an empty mask: the object is not in this frame
+                box, why = self.clip_box((x, y, x + w, y + h), size)
+                if why is not None:
+                    self.problem(self.annotations, frame_record, why, "mask")
+                    continue
+                entries[index].append((ann, rle, torch.tensor(box, dtype=torch.float32)))
         return entries
 
     @staticmethod
-    def _box(rle: RLE, bbox: Sequence[float] | None, size: tuple[int, int]) -> torch.Tensor:
-        """The xyxy box: the bbox when given (clipped to the image), else the mask's."""
+    def _xywh(rle: RLE, bbox: Any) -> list[float]:
+        """The ``x, y, w, h`` box: the bbox when given, else the mask's tight box."""
         if bbox is None:
-            x, y, w, h = mask_utils.toBbox(rle).tolist()
-        elif (
+            return mask_utils.toBbox(rle).tolist()
+        if (
             isinstance(bbox, list)
             and len(bbox) == 4
             and all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
         ):
-            x, y, w, h = bbox
-        else:
-            raise ValueError(f"bbox must be [x, y, w, h], got {bbox!r}")
-        return clip_boxes(torch.tensor([x, y, x + w, y + h], dtype=torch.float32), size)
+            return [float(v) for v in bbox]
+        raise ValueError(f"bbox must be [x, y, w, h], got {bbox!r}")
 
     def _frame(
         self,

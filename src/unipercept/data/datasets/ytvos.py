@@ -3,7 +3,7 @@
 On disk::
 
     root/<split>/
-      JPEGImages/<video>/<frame>.jpg
+      JPEGImages/<video>/<frame>.jpg       (natural order: 2.jpg before 10.jpg)
       Annotations/<video>/<frame>.png      palette PNG, index = object id, 0 = background
       meta.json    {"videos": {video: {"objects": {"<obj_id>": {"category": str,
                                                                   "frames": ["00000", ...]}}}}}
@@ -38,13 +38,14 @@ from unipercept.data.datasets.davis import (
 )
 from unipercept.data.io import image_size, load_json
 from unipercept.data.types import Frame, Sample
+from unipercept.data.video import image_files
 
 
 class YouTubeVosReader(DatasetReader):
     """Reads one YouTube-VOS split as one :class:`Sample` per video (sorted by video id).
 
     Bad data are reported through :meth:`problem`: a video missing from ``meta.json``, without
-    JPEGs or without its annotation folder (kind ``"video"``, left out); an object entry of
+    frame images or without its annotation folder (kind ``"video"``, left out); an object entry of
     ``meta.json`` without a usable id or category (kind ``"object"``, its masks are left out); an
     annotation that cannot be decoded, has no image, or whose size differs from the frame's
     (kind ``"annotation"``: the frame stays, unannotated); an id in a PNG that the meta does not
@@ -55,7 +56,7 @@ class YouTubeVosReader(DatasetReader):
         split: ``"train"``, ``"train_all_frames"``, ``"valid"``, ...
         name: the dataset name given to samples.
         on_error: ``"raise"`` or ``"skip"`` bad records.
-        all_frames: also list the JPEG frames that have no PNG (unannotated).
+        all_frames: also list the frames that have no PNG (unannotated).
     """
 
     def __init__(
@@ -127,9 +128,9 @@ class YouTubeVosReader(DatasetReader):
         labels = self._objects(video_id, self.meta[video_id])
         images_dir = self.root / self.split / "JPEGImages" / video_id
         annotations_dir = self.root / self.split / "Annotations" / video_id
-        images = sorted(images_dir.glob("*.jpg"))
+        images = image_files(images_dir)
         if not images:
-            self.problem(images_dir, record, "no JPEG frames (folder missing or empty)", "video")
+            self.problem(images_dir, record, "no frame images (folder missing or empty)", "video")
             return None
         if not annotations_dir.is_dir():
             self.problem(annotations_dir, record, "annotation folder not found", "video")
