@@ -18,6 +18,10 @@ def test_self_check_passes_and_reports_json():
     assert report["failures"] == {}
     assert report["facts"]["configs"].startswith(f"{len(config.list_configs())} composed")
     assert "roi_align -> (" in report["facts"]["box ops"]
+    # The compiled kernels are reported (and checked against the reference).
+    assert report["facts"]["deformable attention op"].startswith("cpu: ")
+    # Loading the offline text encoder for the configs shows no third-party progress bar.
+    assert "Loading weights" not in result.stderr, result.stderr[-500:]
 
 
 def test_self_check_reports_failures(monkeypatch, capsys):

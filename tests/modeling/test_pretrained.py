@@ -170,3 +170,12 @@ def test_the_bundled_model_is_small_and_loads_offline():
     assert size <= 50e6
     model = unipercept.load_model()
     assert isinstance(model, UniPercept) and model.pretrained_path == folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only machine")
+def test_a_device_the_machine_lacks_is_a_clear_error_before_loading(saved):
+    _, folder = saved
+    with pytest.raises(ValueError, match="'cuda': CUDA is not available on this machine"):
+        load_model(folder, device="cuda")
+    with pytest.raises(ValueError, match="'gpu': expected cpu, cuda or cuda:N"):
+        load_model(folder, device="gpu")

@@ -140,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mot: MOT15 ground truth (no classes, so no distractor preprocessing)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="with --images/--data: CPU threads (default: one per physical core; threads "
+        "wait passively, so a busy machine does not stall them)",
+    )
     return parser
 
 
@@ -254,10 +261,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2, reported by _Parser)
         return int(exit_.code or 0)
+    from unipercept.entry import shadowed_package
+    from unipercept.offline import MissingWeightsError
+    from unipercept.threads import prefer_passive_waiting, set_threads
+
+    if (problem := shadowed_package()) is not None:
+        logger.error("error: %s", problem)
+        return 2
+    prefer_passive_waiting()  # before torch loads
     try:
+        if args.threads is not None:
+            set_threads(args.threads)
         _check_outputs(args)
         scores = _run(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, MissingWeightsError) as error:
         logger.error("error: %s", error)
         return 2
     sys.stdout.write(_format(scores) + "\n")

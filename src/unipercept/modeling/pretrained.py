@@ -329,6 +329,30 @@ def _check_weights_file(folder: Path, meta: Mapping[str, Any]) -> None:
         )
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device that exists on this machine.
+
+    Raises:
+        ValueError: a malformed name, or a CUDA device this machine does not have.
+    """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}); use device='cpu'"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)"
+            )
+    return device
+
+
 def from_pretrained(
     name_or_path: str | os.PathLike[str], *, device: str | torch.device | None = None
 ) -> UniPercept:
@@ -343,7 +367,10 @@ def from_pretrained(
             rebuilt pretrained weights that differ from those the model was saved with, weights
             whose bytes differ from the recorded SHA-256, or a config naming anything outside
             :data:`MODEL_TARGETS` (nothing it names is called then).
+        ValueError: a ``device`` this machine does not have (checked before loading).
     """
+    if device is not None:
+        device = check_device(device)
     folder = resolve_pretrained(name_or_path)
     meta = _read_meta(folder)
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -144,13 +144,23 @@ def load_snapshot(path: str | Path, session: VideoSession) -> dict[str, Any]:
     """Restores ``session`` from ``path``; returns the ``extra`` saved with it.
 
     Raises:
-        ValueError: a file that is not a snapshot (it is read with ``weights_only=True``).
+        ValueError: a file that is not a snapshot (it is read with ``weights_only=True``) or
+            whose contents do not fit the session; the session may then be half restored.
     """
     try:
-        saved = torch.load(Path(path), map_location=session.device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{path}: not a session snapshot ({error})") from error
-    if not isinstance(saved, dict) or "session" not in saved:
+        with warnings.catch_warnings():
+            # A damaged file makes torch warn of an odd pickle protocol before it fails.
+            warnings.simplefilter("ignore", UserWarning)
+            saved = torch.load(Path(path), map_location=session.device, weights_only=True)
+    except Exception as error:
+        # The weights-only unpickler fails on damaged bytes with many kinds of error
+        # (UnpicklingError, EOFError, IndexError, RuntimeError, ...): all mean "not a snapshot".
+        raise ValueError(f"{path}: not a session snapshot ({error!r})") from error
+    if not isinstance(saved, dict) or "session" not in saved or "extra" not in saved:
         raise ValueError(f"{path}: not a session snapshot")
-    load_session_state(session, saved["session"])
-    return _decode(saved["extra"])
+    try:
+        load_session_state(session, saved["session"])
+        return _decode(saved["extra"])
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        # A file of the right kind but damaged contents: say so instead of a stray KeyError.
+        raise ValueError(f"{path}: a damaged session snapshot ({error!r})") from error

