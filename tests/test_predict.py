@@ -179,7 +179,7 @@ def _job(task: str, source: Path, checkpoint: Path, inputs) -> predict.Job:
         task=task,
         input=str(source),
         prompt=args[1] if args[0] == "--prompt" else None,
-        box=predict._parse_box(args[1]) if args[0] == "--box" else None,
+        box=predict.parse_box(args[1]) if args[0] == "--box" else None,
         checkpoint=str(checkpoint),
         score_threshold=0.0 if "--score-threshold" in args else None,
     )

@@ -1,0 +1,7 @@
+"""``python -m unipercept.predict``."""
+
+import sys
+
+from unipercept.predict.cli import main
+
+sys.exit(main())
