@@ -446,7 +446,9 @@ def test_cli_refuses_a_non_empty_folder_and_replaces_only_an_earlier_world(tmp_p
     # --overwrite replaces an earlier world, never a folder of other files.
     refused = _cli("--out", str(out), "--seed", "3", "--overwrite")
     assert refused.returncode == 2
-    assert len(refused.stderr.strip().splitlines()) == 1 and "not a generated world" in refused.stderr
+    assert (
+        len(refused.stderr.strip().splitlines()) == 1 and "not a generated world" in refused.stderr
+    )
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     (out / "keep.txt").unlink()
     assert _cli("--out", str(out), "--seed", "3").returncode == 0
