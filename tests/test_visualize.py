@@ -218,3 +218,37 @@ def test_save_png_failure_keeps_the_old_file_and_removes_the_temporary(tmp_path,
         save_png(_image(), path)
     assert os.listdir(tmp_path) == ["out.png"]
     assert path.read_bytes() == b"old"
+
+
+def test_captions_of_a_crowded_image_do_not_cover_each_other():
+    """Twelve overlapping boxes on a 320x256 frame: every caption keeps its own area (placed
+    above, inside or under its box), so each one's full background is visible."""
+    from unipercept.visualize import _place_caption
+
+    boxes = [(20 + 18 * (i % 6), 60 + 14 * (i // 6), 90 + 18 * (i % 6), 120) for i in range(12)]
+    taken: list = []
+    for box in boxes:
+        rect = _place_caption((60, 11), box, taken, (256, 320))
+        assert rect[0] >= 0 and rect[1] >= 0 and rect[2] <= 320 and rect[3] <= 256
+        taken.append(rect)
+    overlaps = sum(
+        max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        for i, a in enumerate(taken)
+        for b in taken[i + 1 :]
+    )
+    # Three spots per box cannot always avoid all others; the old layout (always above the
+    # box) overlapped on every pair in a row.
+    assert overlaps < 0.25 * sum((r[2] - r[0]) * (r[3] - r[1]) for r in taken)
+
+
+def test_text_and_lines_grow_with_the_image():
+    from unipercept.visualize import _style
+
+    small, large = _style(256, 320), _style(1080, 1920)
+    assert small == (9, 2)
+    assert large[0] >= 3 * small[0] and large[1] >= 4
+    image = torch.zeros((3, 1080, 1920), dtype=torch.uint8)
+    box = Instances((1080, 1920), boxes=torch.tensor([[200.0, 300.0, 800.0, 900.0]]))
+    drawn = draw_instances(image, box)
+    assert (drawn[:, 600, 200 : 200 + large[1]] > 0).all()  # the left edge, large[1] px wide
+    assert (drawn[:, 600, 200 + large[1]] == 0).all()

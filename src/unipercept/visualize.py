@@ -25,7 +25,6 @@ from unipercept.structures.masks import RLEMasks, masks_to_boxes
 # Stepping the hue by the golden ratio's fraction spreads consecutive keys far apart on the
 # colour wheel and never repeats a hue exactly.
 _GOLDEN_RATIO_FRACTION = 0.618033988749895
-_BOX_WIDTH = 2
 _CAPTION_PADDING = 1
 
 
@@ -56,8 +55,15 @@ def _check_image(image: Tensor, name: str = "image") -> None:
 
 
 @functools.cache
-def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default()
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _style(height: int, width: int) -> tuple[int, int]:
+    """(font size, box line width) in pixels for an image: both grow with its shorter side, so
+    captions stay small on a 320x256 frame and readable on a 1920x1080 one."""
+    short = min(height, width)
+    return min(max(round(short * 0.035), 9), 40), max(2, round(short / 240))
 
 
 def _relative_luminance(color: tuple[int, int, int]) -> float:
@@ -114,35 +120,58 @@ def _pixel_box(box: Sequence[float], height: int, width: int) -> tuple[int, int,
     return x0, y0, max(x1, x0), max(y1, y0)
 
 
+Rect = tuple[int, int, int, int]  # left, top, right, bottom (exclusive)
+
+
+def _overlap(a: Rect, b: Rect) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _place_caption(
+    size: tuple[int, int], box: tuple[int, int, int, int], taken: list[Rect], image: tuple[int, int]
+) -> Rect:
+    """Where a caption of ``size`` (width, height) goes for a box (inclusive pixel corners):
+    above the box's top-left, else inside it below the top edge, else under the box, then the
+    same spots right-aligned with the box, shifted to stay inside the image; the first spot
+    free of the captions already ``taken``, or the one that overlaps them least."""
+    (caption_width, caption_height), (height, width) = size, image
+    x0, y0, x1, y1 = box
+    right = x1 + 1 - caption_width  # right-aligned with the box
+    candidates = [
+        (x0, y0 - caption_height),
+        (x0, y0),
+        (x0, y1 + 1),
+        (right, y0 - caption_height),
+        (right, y0),
+        (right, y1 + 1 - caption_height),
+        (right, y1 + 1),
+    ]
+    best: tuple[int, Rect] | None = None
+    for x, y in candidates:
+        left = max(min(x, width - caption_width), 0)
+        top = max(min(y, height - caption_height), 0)
+        rect = (left, top, left + caption_width, top + caption_height)
+        overlap = sum(_overlap(rect, other) for other in taken)
+        if overlap == 0:
+            return rect
+        if best is None or overlap < best[0]:
+            best = (overlap, rect)
+    assert best is not None
+    return best[1]
+
+
 def _draw_caption(
     draw: ImageDraw.ImageDraw,
     text: str,
-    anchor: tuple[int, int],
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    rect: Rect,
     color: tuple[int, int, int],
-    image_size: tuple[int, int],
 ) -> None:
-    """Draws ``text`` on a filled background just above ``anchor`` (a box's top-left), or just
-    below it when above would leave the image, shifted left where needed to stay inside."""
-    height, width = image_size
-    font = _font()
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    caption_width = right - left + 2 * _CAPTION_PADDING
-    caption_height = bottom - top + 2 * _CAPTION_PADDING
-    x, y = anchor
-    caption_top = y - caption_height if y - caption_height >= 0 else y
-    caption_top = max(min(caption_top, height - caption_height), 0)
-    caption_left = max(min(x, width - caption_width), 0)
-    draw.rectangle(
-        (
-            caption_left,
-            caption_top,
-            caption_left + caption_width - 1,
-            caption_top + caption_height - 1,
-        ),
-        fill=color,
-    )
+    """Draws ``text`` on a filled background of ``color`` filling ``rect``."""
+    left, top, _, _ = draw.textbbox((0, 0), text, font=font)
+    draw.rectangle((rect[0], rect[1], rect[2] - 1, rect[3] - 1), fill=color)
     draw.text(
-        (caption_left + _CAPTION_PADDING - left, caption_top + _CAPTION_PADDING - top),
+        (rect[0] + _CAPTION_PADDING - left, rect[1] + _CAPTION_PADDING - top),
         text,
         fill=_text_color(color),
         font=font,
@@ -161,10 +190,12 @@ def draw_instances(
 
     Each instance gets the colour :func:`color_for` gives its track id, else its label, else
     its index. Masks are blended in at ``mask_alpha`` and outlined by a 1-px contour in the full
-    colour; boxes are 2-px outlines. An instance with a box (or, lacking boxes, a non-empty mask)
-    gets a caption ``"#<track id> <name> <score>"`` (the parts it has) at the box's top-left, on
-    a background of its colour. Masks are drawn first, then boxes, then captions, so no mask or
-    box hides a caption.
+    colour; boxes are outlines 2 px wide or more on large images. An instance with a box (or,
+    lacking boxes, a non-empty mask) gets a caption ``"#<track id> <name> <score>"`` (the parts
+    it has) at the box's top-left, on a background of its colour, in a font that grows with
+    the image; captions stay inside the image and move (inside the box, under it) to avoid
+    those already placed, the surest instances' first. Masks are drawn first, then boxes,
+    then captions, so no mask or box hides a caption.
 
     Args:
         image: (3, H, W) uint8 RGB; not modified.
@@ -223,14 +254,25 @@ def draw_instances(
 
     pil_image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(pil_image)
+    font_size, line_width = _style(height, width)
     if instances.boxes is not None:
         for pixel_box, color in zip(pixel_boxes, colors, strict=True):
             if pixel_box is not None:
-                draw.rectangle(pixel_box, outline=color, width=_BOX_WIDTH)
-    for index, (pixel_box, color) in enumerate(zip(pixel_boxes, colors, strict=True)):
+                draw.rectangle(pixel_box, outline=color, width=line_width)
+    font = _font(font_size)
+    order = range(len(instances))
+    if instances.scores is not None:
+        order = sorted(order, key=lambda i: -float(instances.scores[i]))  # surest placed first
+    taken: list[Rect] = []
+    for index in order:
         text = _caption(index, instances, names, show_scores)
-        if pixel_box is not None and text:
-            _draw_caption(draw, text, pixel_box[:2], color, (height, width))
+        if pixel_boxes[index] is None or not text:
+            continue
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        size = (right - left + 2 * _CAPTION_PADDING, bottom - top + 2 * _CAPTION_PADDING)
+        rect = _place_caption(size, pixel_boxes[index], taken, (height, width))
+        taken.append(rect)
+        _draw_caption(draw, text, font, rect, colors[index])
 
     result = torch.from_numpy(np.array(pil_image)).permute(2, 0, 1).contiguous()  # (3, H, W)
     return result.to(image.device)
