@@ -183,7 +183,8 @@ def test_gradcheck_of_the_compiled_cpu_op():
     problem = make_problem(
         SHAPES["single-pixel-levels"], batch=1, queries=3, heads=2, head_dim=4, points=2
     )
-    # Keep samples off the exact pixel-centre lines where bilinear gradients jump.
+    # Random samples lie off the pixel-centre lines, where bilinear sampling has kinks that a
+    # central difference would straddle (test_ms_deform_attn_grad.py tests those points).
     value, locations, weights = (
         t.clone().requires_grad_()
         for t in (problem.value, problem.sampling_locations, problem.attention_weights)

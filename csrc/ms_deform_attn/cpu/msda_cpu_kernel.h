@@ -13,8 +13,14 @@
 //   sampling_locations  (N, Q, M, L, P, 2)  normalised (x, y); pixel centres at (i + 0.5) / W
 //   attention_weights   (N, Q, M, L, P)
 //   output              (N, Q, M, D)
-// Sampling is bilinear with zero padding, as grid_sample(align_corners=False) does: a sample
-// contributes only when -1 < x < W and -1 < y < H, and corners outside the map read 0.
+// Sampling is bilinear with zero padding, as grid_sample(align_corners=False) does: corners
+// outside the map read 0, so a sample touches the map only when -1 <= x < W and -1 <= y < H
+// (at x = -1 its value is 0, but not its gradient).
+//
+// Gradients at a pixel centre: there x (or y) is an integer, bilinear sampling has a kink, and
+// like grid_sample we return the one-sided derivative of the cell [floor(x), floor(x) + 1). Its
+// far corners then have weight 0 yet still enter the location gradient (v[x0 + 1] - v[x0]), so
+// a corner is skipped only when it lies outside the map, never because its weight is 0.
 
 #include "msda_cpu_api.h"
 
@@ -22,13 +28,14 @@ namespace unipercept_msda {
 namespace MSDA_ISA {
 namespace {
 
-// Where one sample reads: four corner offsets (in pixels, clamped into the map) and the four
-// bilinear weights, zeroed for corners outside the map. Clamping keeps every address valid, so
-// the channel loops carry no branch.
+// Where one sample reads: four corner offsets (in pixels, clamped into the map), which corners
+// lie in the map, and the four bilinear weights, zeroed for corners outside it. Clamping keeps
+// every address valid, so the forward channel loop carries no branch.
 template <typename T>
 struct Corners {
   int64_t offset[4];
   T bilinear[4];
+  bool in_map[4];  // may be true with a zero weight: the corner still enters d/d location
   T dx, dy;
   bool inside;
 };
@@ -38,7 +45,7 @@ inline Corners<T> locate(T loc_x, T loc_y, int64_t height, int64_t width) {
   Corners<T> c;
   const T x = loc_x * static_cast<T>(width) - T(0.5);
   const T y = loc_y * static_cast<T>(height) - T(0.5);
-  c.inside = x > T(-1) && y > T(-1) && x < static_cast<T>(width) && y < static_cast<T>(height);
+  c.inside = x >= T(-1) && y >= T(-1) && x < static_cast<T>(width) && y < static_cast<T>(height);
   if (!c.inside) {
     return c;
   }
@@ -59,6 +66,10 @@ inline Corners<T> locate(T loc_x, T loc_y, int64_t height, int64_t width) {
   c.bilinear[1] = (in_y0 && in_x1) ? ly * c.dx : T(0);
   c.bilinear[2] = (in_y1 && in_x0) ? c.dy * lx : T(0);
   c.bilinear[3] = (in_y1 && in_x1) ? c.dy * c.dx : T(0);
+  c.in_map[0] = in_y0 && in_x0;
+  c.in_map[1] = in_y0 && in_x1;
+  c.in_map[2] = in_y1 && in_x0;
+  c.in_map[3] = in_y1 && in_x1;
   return c;
 }
 
@@ -125,9 +136,10 @@ inline void axpy(T scale, const T* __restrict x, T* __restrict y, int64_t dim) {
 // written through grad_value_nm with stride grad_value_row between pixels, so a caller can
 // point it at a private buffer when several workers share one head.
 //
-// Corners outside the map read a row of zeros and write to a junk row instead of a clamped
-// pixel: the four rows a sample touches are then always distinct, so one fused channel loop
-// can load, accumulate and store all of them without branches or aliasing.
+// Corners outside the map read a row of zeros, and corners without a weight (outside the map,
+// or on the far side of a pixel centre) point at a junk row instead of a clamped pixel: when
+// all four have a weight, the four rows are distinct, so one fused channel loop can load,
+// accumulate and store all of them without branches or aliasing.
 template <typename T, int kDim>
 void backward_range(const Problem& pb, const T* value, const T* loc, const T* attn,
                     const T* grad_out, T* grad_value_nm, int64_t grad_value_row, T* grad_loc,
@@ -161,26 +173,30 @@ void backward_range(const Problem& pb, const T* value, const T* loc, const T* at
           continue;
         }
         const T a = attn_t[i];
-        const bool used0 = c.bilinear[0] != T(0), used1 = c.bilinear[1] != T(0);
-        const bool used2 = c.bilinear[2] != T(0), used3 = c.bilinear[3] != T(0);
-        const T* __restrict v0 = used0 ? value_l + c.offset[0] * row : zero_row;
-        const T* __restrict v1 = used1 ? value_l + c.offset[1] * row : zero_row;
-        const T* __restrict v2 = used2 ? value_l + c.offset[2] * row : zero_row;
-        const T* __restrict v3 = used3 ? value_l + c.offset[3] * row : zero_row;
-        T* __restrict g0 = used0 ? grad_value_l + c.offset[0] * grad_value_row : junk_row;
-        T* __restrict g1 = used1 ? grad_value_l + c.offset[1] * grad_value_row : junk_row;
-        T* __restrict g2 = used2 ? grad_value_l + c.offset[2] * grad_value_row : junk_row;
-        T* __restrict g3 = used3 ? grad_value_l + c.offset[3] * grad_value_row : junk_row;
+        // Corners in the map are read for the dot products even with a zero weight (see the top
+        // of this file); only corners with a weight receive a share of grad_value.
+        const bool read0 = c.in_map[0], read1 = c.in_map[1];
+        const bool read2 = c.in_map[2], read3 = c.in_map[3];
+        const bool write0 = c.bilinear[0] != T(0), write1 = c.bilinear[1] != T(0);
+        const bool write2 = c.bilinear[2] != T(0), write3 = c.bilinear[3] != T(0);
+        const T* __restrict v0 = read0 ? value_l + c.offset[0] * row : zero_row;
+        const T* __restrict v1 = read1 ? value_l + c.offset[1] * row : zero_row;
+        const T* __restrict v2 = read2 ? value_l + c.offset[2] * row : zero_row;
+        const T* __restrict v3 = read3 ? value_l + c.offset[3] * row : zero_row;
+        T* __restrict g0 = write0 ? grad_value_l + c.offset[0] * grad_value_row : junk_row;
+        T* __restrict g1 = write1 ? grad_value_l + c.offset[1] * grad_value_row : junk_row;
+        T* __restrict g2 = write2 ? grad_value_l + c.offset[2] * grad_value_row : junk_row;
+        T* __restrict g3 = write3 ? grad_value_l + c.offset[3] * grad_value_row : junk_row;
         const T s0 = a * c.bilinear[0], s1 = a * c.bilinear[1];
         const T s2 = a * c.bilinear[2], s3 = a * c.bilinear[3];
         // d_k = go . value of corner k: every other gradient follows from these four. The sums
         // run in kLanes independent partial sums (a strict left-to-right sum would be a chain
         // of scalar adds: the compiler may not reorder float additions by itself).
         T p0[kLanes] = {}, p1[kLanes] = {}, p2[kLanes] = {}, p3[kLanes] = {};
-        const bool all_used = used0 && used1 && used2 && used3;
+        const bool all_written = write0 && write1 && write2 && write3;
         int64_t ch = 0;
         for (; ch + kLanes <= dim; ch += kLanes) {
-          if (all_used) {
+          if (all_written) {
 #pragma GCC ivdep
             for (int j = 0; j < kLanes; ++j) {
               const T g = go[ch + j];
@@ -209,19 +225,20 @@ void backward_range(const Problem& pb, const T* value, const T* loc, const T* at
           p1[0] += g * v1[ch];
           p2[0] += g * v2[ch];
           p3[0] += g * v3[ch];
-          if (all_used) {
+          if (all_written) {
             g0[ch] += s0 * g;
             g1[ch] += s1 * g;
             g2[ch] += s2 * g;
             g3[ch] += s3 * g;
           }
         }
-        if (!all_used) {
-          // At the border several corners share the junk row: update one row at a time.
-          if (used0) axpy<T>(s0, go, g0, dim);
-          if (used1) axpy<T>(s1, go, g1, dim);
-          if (used2) axpy<T>(s2, go, g2, dim);
-          if (used3) axpy<T>(s3, go, g3, dim);
+        if (!all_written) {
+          // At a pixel centre or the border several corners share the junk row: update one row
+          // at a time, and only the rows with a weight.
+          if (write0) axpy<T>(s0, go, g0, dim);
+          if (write1) axpy<T>(s1, go, g1, dim);
+          if (write2) axpy<T>(s2, go, g2, dim);
+          if (write3) axpy<T>(s3, go, g3, dim);
         }
         for (int width_half = kLanes / 2; width_half > 0; width_half /= 2) {
           for (int j = 0; j < width_half; ++j) {

@@ -35,10 +35,13 @@ __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // Where one sample reads (see cpu/msda_cpu_kernel.h): corner offsets in pixels, clamped into
-// the map, and bilinear weights that are 0 for corners outside it.
+// the map, which corners lie in the map, and bilinear weights that are 0 for corners outside it.
+// At a pixel centre (integer x or y) a corner in the map has weight 0 but still enters the
+// location gradient, as in grid_sample: only corners outside the map are skipped there.
 struct Corners {
   int64_t offset[4];
   float weight[4];
+  bool in_map[4];
   float dx, dy;
   bool inside;
 };
@@ -48,7 +51,8 @@ __device__ __forceinline__ Corners locate(float loc_x, float loc_y, int64_t heig
   Corners c;
   const float x = loc_x * static_cast<float>(width) - 0.5f;
   const float y = loc_y * static_cast<float>(height) - 0.5f;
-  c.inside = x > -1.f && y > -1.f && x < static_cast<float>(width) && y < static_cast<float>(height);
+  c.inside =
+      x >= -1.f && y >= -1.f && x < static_cast<float>(width) && y < static_cast<float>(height);
   if (!c.inside) return c;
   const int64_t x0 = static_cast<int64_t>(floorf(x));
   const int64_t y0 = static_cast<int64_t>(floorf(y));
@@ -67,6 +71,10 @@ __device__ __forceinline__ Corners locate(float loc_x, float loc_y, int64_t heig
   c.weight[1] = (in_y0 && in_x1) ? ly * c.dx : 0.f;
   c.weight[2] = (in_y1 && in_x0) ? c.dy * lx : 0.f;
   c.weight[3] = (in_y1 && in_x1) ? c.dy * c.dx : 0.f;
+  c.in_map[0] = in_y0 && in_x0;
+  c.in_map[1] = in_y0 && in_x1;
+  c.in_map[2] = in_y1 && in_x0;
+  c.in_map[3] = in_y1 && in_x1;
   return c;
 }
 
@@ -97,7 +105,7 @@ __global__ void __launch_bounds__(kForwardThreads)
         if (!k.inside) continue;
         float sample = 0.f;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 4; ++j) {  // a zero weight adds nothing to the value itself
           if (k.weight[j] != 0.f) sample += k.weight[j] * to_float(value_l[k.offset[j] * row]);
         }
         acc += attn_t[i] * sample;
@@ -199,8 +207,9 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock)
           const float g = to_float(go[c]);
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            if (k.weight[j] == 0.f) continue;
+            if (!k.in_map[j]) continue;  // not "weight == 0": the dot enters d/d location
             dots[j] += g * to_float(value_l[k.offset[j] * row + c]);
+            if (k.weight[j] == 0.f) continue;  // nothing to scatter into grad_value
             const float update = a * k.weight[j] * g;
             if (shared_offset >= 0) {
               atomicAdd(shared_grad + shared_offset + k.offset[j] * d.head_dim + c, update);
