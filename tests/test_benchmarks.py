@@ -147,3 +147,30 @@ def test_predict_benchmark_times_det_and_mot_against_the_forward_pass(tmp_path):
     assert runs["forward"]["overhead"] == 0
     for name in ("det", "mot"):
         assert runs[name]["fps"] > 0 and runs[name]["ms_per_frame"] > 0
+
+
+def test_busy_machine_benchmark_times_each_wait_policy_and_thread_count(tmp_path):
+    import pytest
+
+    from unipercept.modeling.pretrained import bundled_models
+
+    if "unipercept-tiny" not in bundled_models():
+        pytest.skip("the bundled model is not built")
+    out = tmp_path / "busy.json"
+    script = str(REPO_ROOT / "benchmarks" / "busy_machine.py")
+    arguments = ["--rounds", "1", "--burners", "0", "--frames", "3", "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, script, *arguments], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    by_setting = {r["setting"]: r for r in rows}
+    assert set(by_setting) == {
+        "libgomp default",
+        "OMP_WAIT_POLICY=PASSIVE",
+        "GOMP_SPINCOUNT=10000",
+        "GOMP_SPINCOUNT=100000",
+        "one thread",
+    }
+    assert by_setting["one thread"]["threads"] == 1
+    assert all(r["ms_per_step"] > 0 for r in rows)

@@ -260,55 +260,30 @@ def test_missing_offline_weights_are_one_line_naming_both_packages_and_the_comma
     assert not (tmp_path / "o").exists()
 
 
-def test_threads_are_settable_and_checked(checkpoint, inputs, tmp_path, caplog):  # noqa: F811
+def test_threads_are_settable_checked_and_restored(inputs, tmp_path, caplog, monkeypatch):  # noqa: F811
     import torch
 
+    from unipercept.predict import cli
+
+    seen = []
+    done = tmp_path / "predictions.json"
+    done.write_text('{"annotations": [], "images": []}')
+    monkeypatch.setattr(cli, "run", lambda *a, **k: seen.append(torch.get_num_threads()) or done)
     before = torch.get_num_threads()
-    try:
-        args = _det(inputs, checkpoint, "--prompt", "cat", "--output", str(tmp_path / "o"))
-        assert run_main([*args, "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1
-        assert (
-            run_main(
-                [
-                    *_det(inputs, checkpoint, "--prompt", "cat"),
-                    "--output",
-                    str(tmp_path / "p"),
-                    "--threads",
-                    "0",
-                ]
-            )
-            == 2
-        )
-        assert "--threads must be at least 1" in _errors(caplog)[0]
-    finally:
-        torch.set_num_threads(before)
+    args = ["--task", "det", "--prompt", "cat", "--input", str(inputs["images"])]
+    assert run_main([*args, "--output", str(tmp_path / "o"), "--threads", "1"]) == 0
+    assert seen == [1] and torch.get_num_threads() == before  # set for the job, then put back
+    assert run_main([*args, "--output", str(tmp_path / "o"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in _errors(caplog)[0]
 
 
-def test_the_cli_waits_passively_unless_told_otherwise():
-    check = (
-        "import os, sys\n"
-        "from unipercept.predict.cli import main\n"
-        "main(['--help'])\n"
-        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
-    )
-    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    run = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, env=environment
-    )
-    assert run.stdout.strip().splitlines()[-1] == "None"  # --help: nothing set, nothing loaded
-    check = check.replace(
-        "main(['--help'])",
-        "main(['--task', 'det', '--input', '/nonexistent', '--output', '/tmp/x', '--prompt', 'a'])",
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, env=environment
-    )
-    assert run.stdout.strip().splitlines()[-1] == "PASSIVE"
-    run = subprocess.run(
-        [sys.executable, "-c", check],
-        capture_output=True,
-        text=True,
-        env={**environment, "OMP_WAIT_POLICY": "ACTIVE"},
-    )
-    assert run.stdout.strip().splitlines()[-1] == "ACTIVE"  # the user's choice stands
+@pytest.mark.parametrize(("load", "expected"), [(0.0, "all"), (1.0, "half"), (50.0, 1)])
+def test_the_default_thread_count_leaves_busy_cores_alone(monkeypatch, load, expected):
+    import torch
+
+    from unipercept.threads import default_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert default_threads() == {"all": 8, "half": 4}.get(expected, expected)

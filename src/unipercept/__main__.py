@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from unipercept.entry import shadowed_package
-from unipercept.threads import prefer_passive_waiting
 
 
 def _version(distribution: str) -> str:
@@ -153,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := shadowed_package()) is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    prefer_passive_waiting()  # before torch loads
     facts, failures = collect_env()
     if args.json:
         print(json.dumps({"facts": facts, "failures": failures}, indent=2))

@@ -1,35 +1,45 @@
 """CPU threads for the command-line entry points.
 
-PyTorch's OpenMP threads spin while they wait for each other (libgomp's default "active" wait).
-When other processes keep the cores busy, a spinning thread waits for one that is not
-scheduled, and a step can take ten times longer with two threads than with one (measured on
-a loaded 2-core machine: 380-1350 ms per video frame against 40-140 ms). Passive waiting
-removes that collapse. libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it, so the
-entry points call :func:`prefer_passive_waiting` before anything imports torch; a value the
-user set is kept.
+PyTorch starts one OpenMP thread per physical core, and its threads spin while they wait for
+each other. When other processes already keep cores busy, a spinning thread waits for one
+that is not scheduled, and every step slows down (a video step of the bundled model on a
+2-core machine beside one other PyTorch job: 57 ms with two threads, 27 ms with one; 22 ms
+with two when the machine is idle; ``python benchmarks/busy_machine.py``). So the entry points
+take one thread per core that is not busy when they start, judged by the 1-minute load
+average, and ``--threads`` overrides it.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
-def prefer_passive_waiting() -> bool:
-    """Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it or torch is already loaded.
+def default_threads() -> int:
+    """torch's default thread count less the cores other work keeps busy, at least 1.
 
-    Returns:
-        Whether the policy is PASSIVE for this process.
+    The busy share is the 1-minute load average over the CPUs the system has (where the load
+    average is unavailable, nothing is taken as busy).
     """
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    import torch
+
+    cores = torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not every platform has a load average
+        return cores
+    busy_fraction = min(max(load / (os.cpu_count() or 1), 0.0), 1.0)
+    return max(1, min(cores, round(cores * (1.0 - busy_fraction))))
 
 
-def set_threads(threads: int | None) -> int:
-    """Sets torch's intra-op threads (``None``: torch's default, one per physical core).
+@contextmanager
+def cpu_threads(threads: int | None) -> Iterator[int]:
+    """Runs the block with torch's intra-op threads set to ``threads`` (None:
+    :func:`default_threads`), and puts the earlier count back afterwards (an entry point's
+    ``main`` called from Python leaves the caller's setting alone).
 
-    Returns:
+    Yields:
         The number of threads in use.
 
     Raises:
@@ -37,8 +47,11 @@ def set_threads(threads: int | None) -> int:
     """
     import torch
 
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads if threads is not None else default_threads())
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

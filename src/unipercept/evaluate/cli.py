@@ -144,8 +144,8 @@ def _parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         metavar="N",
-        help="with --images/--data: CPU threads (default: one per physical core; threads "
-        "wait passively, so a busy machine does not stall them)",
+        help="with --images/--data: CPU threads (default: one per physical core that other "
+        "work is not keeping busy, judged by the load average at start)",
     )
     return parser
 
@@ -263,17 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     from unipercept.entry import shadowed_package
     from unipercept.offline import MissingWeightsError
-    from unipercept.threads import prefer_passive_waiting, set_threads
 
     if (problem := shadowed_package()) is not None:
         logger.error("error: %s", problem)
         return 2
-    prefer_passive_waiting()  # before torch loads
     try:
-        if args.threads is not None:
-            set_threads(args.threads)
         _check_outputs(args)
-        scores = _run(args)
+        if args.images is not None or args.data is not None:  # a model runs
+            from unipercept.threads import cpu_threads
+
+            with cpu_threads(args.threads):
+                scores = _run(args)
+        else:
+            scores = _run(args)
     except (ValueError, OSError, MissingWeightsError) as error:
         logger.error("error: %s", error)
         return 2

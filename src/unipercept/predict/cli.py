@@ -12,7 +12,7 @@ from unipercept.entry import shadowed_package
 from unipercept.predict.inputs import parse_box
 from unipercept.predict.job import IMAGE_TASKS, VIDEO_TASKS, InputError, Job
 from unipercept.predict.runner import run
-from unipercept.threads import prefer_passive_waiting, set_threads
+from unipercept.threads import cpu_threads
 
 logger = logging.getLogger("unipercept.predict")
 
@@ -53,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=int,
-        help="CPU threads (default: one per physical core; threads wait passively, so a busy "
-        "machine does not stall them)",
+        help="CPU threads (default: one per physical core that other work is not keeping busy, "
+        "judged by the load average at start)",
     )
     return parser
 
@@ -69,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := shadowed_package()) is not None:
         logger.error("error: %s", problem)
         return 2
-    prefer_passive_waiting()  # before torch loads
     try:
-        try:
-            set_threads(args.threads)
-        except ValueError as error:
-            raise InputError(str(error)) from None
         box = parse_box(args.box) if args.box is not None else None
         job = Job(
             task=args.task,
@@ -85,13 +80,16 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint=args.checkpoint,
             score_threshold=args.score_threshold,
         )
-        path = run(
-            job,
-            args.output,
-            device=args.device,
-            save_video=args.save_video,
-            overwrite=args.overwrite,
-        )
+        if args.threads is not None and args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        with cpu_threads(args.threads):
+            path = run(
+                job,
+                args.output,
+                device=args.device,
+                save_video=args.save_video,
+                overwrite=args.overwrite,
+            )
     except InputError as error:
         logger.error("error: %s", error)
         return 2
