@@ -11,9 +11,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from unipercept.engine.batches import TrainingData
+    from unipercept.engine.distributed import DistributedContext
 
 logger = logging.getLogger("unipercept.train")
 
@@ -24,25 +29,92 @@ class ConfigurationError(ValueError):
 
 def _initial_weights(path: str | None) -> Path | None:
     """The checkpoint a stage starts from: a checkpoint folder, a folder of checkpoints (the
-    newest is taken) or a .safetensors file."""
+    newest is taken) or a .safetensors file; its file is checked to be whole."""
     if path is None:
         return None
-    from unipercept.engine.checkpoint import latest_checkpoint
+    from unipercept.engine.checkpoint import CheckpointError, latest_checkpoint, weights_file
 
     candidate = Path(path)
-    if candidate.is_file() and candidate.suffix == ".safetensors":
-        return candidate
-    if (candidate / "model.safetensors").is_file():
-        return candidate
-    if candidate.is_dir() and (found := latest_checkpoint(candidate)) is not None:
-        return found
-    raise ConfigurationError(
-        f"stage.init_from: no checkpoint at {path} (give a checkpoint folder, a folder of "
-        "checkpoints, or a .safetensors file; train the previous stage first)"
-    )
+    is_weights = candidate.is_file() and candidate.suffix == ".safetensors"
+    if is_weights or (candidate / "model.safetensors").is_file():
+        found = candidate
+    elif candidate.is_dir() and (newest := latest_checkpoint(candidate)) is not None:
+        found = newest
+    else:
+        raise ConfigurationError(
+            f"stage.init_from: no checkpoint at {path} (give a checkpoint folder, a folder of "
+            "checkpoints, or a .safetensors file; train the previous stage first)"
+        )
+    try:
+        weights_file(found)
+    except CheckpointError as error:
+        raise ConfigurationError(f"stage.init_from: {error}") from error
+    return found
 
 
-def _check_schedule(stage: DictConfig) -> None:
+def _load_initial_weights(model: torch.nn.Module, path: Path) -> None:
+    """Loads ``stage.init_from`` into ``model``; every tensor must fit."""
+    from unipercept.engine.checkpoint import CheckpointError, load_model_weights
+
+    try:
+        missing, unexpected = load_model_weights(model, path, strict=False)
+    except (CheckpointError, RuntimeError) as error:
+        raise ConfigurationError(f"stage.init_from: {path}: {_detail(error)}") from error
+    if missing or unexpected:
+        raise ConfigurationError(
+            f"stage.init_from: {path} does not fit the model: {len(missing)} tensor(s) missing "
+            f"({_some(missing)}), {len(unexpected)} unexpected ({_some(unexpected)})"
+        )
+
+
+def _check_device(device: str | None) -> None:
+    """Fails on a ``trainer.device`` this machine does not have (None picks one itself)."""
+    if device is None:
+        return
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigurationError(
+            f"trainer.device: {device!r} is not a device (give cpu, cuda or cuda:<n>)"
+        ) from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigurationError(
+                f"trainer.device={device}: CUDA is not available on this machine; "
+                "use trainer.device=cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigurationError(
+                f"trainer.device={device}: this machine has {torch.cuda.device_count()} "
+                "CUDA device(s)"
+            )
+    elif resolved.type != "cpu":
+        raise ConfigurationError(f"trainer.device={device}: only cpu and cuda are supported")
+
+
+def _check_checkpoint_paths(directory: Path, stage: DictConfig, every: int) -> None:
+    """Fails if something the library did not write sits where this run will save a
+    checkpoint: it is never replaced, so the run would stop there."""
+    from unipercept.engine.checkpoint import check_replaceable
+
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("step_*")):
+        step = path.name.removeprefix("step_")
+        if not (step.isdigit() and len(step) >= 8):
+            continue
+        if int(step) <= stage.max_steps and (
+            int(step) % every == 0 or int(step) == stage.max_steps
+        ):
+            try:
+                check_replaceable(path)
+            except FileExistsError as error:
+                raise ConfigurationError(f"output_dir: {error}") from error
+
+
+def _check_schedule(stage: DictConfig, checkpoint_every: int) -> None:
+    if checkpoint_every < 1:
+        raise ConfigurationError(f"trainer.checkpoint_every must be >= 1, got {checkpoint_every}")
     if stage.max_steps < 1:
         raise ConfigurationError(f"stage.max_steps must be >= 1, got {stage.max_steps}")
     if not 0 <= stage.warmup_steps <= stage.max_steps:
@@ -71,38 +143,118 @@ def _freeze(model: torch.nn.Module, prefixes: list[str]) -> None:
 
 def _annotation_encoder_from_backbone(model: torch.nn.Module) -> None:
     """Starts the annotation encoder's backbone from the image backbone (UNINEXT's stage 3):
-    its 4-channel first convolution derives the prior channel from the 3-channel weights."""
-    if "annotation" not in getattr(model, "prompt_encoders", {}):
+    its 4-channel first convolution derives the prior channel from the 3-channel weights.
+
+    Raises:
+        ConfigurationError: The model has no annotation encoder, or a tensor of either backbone
+            has no counterpart in the other (named), or one arrived with other values.
+    """
+    encoders = getattr(model, "prompt_encoders", {})
+    if "annotation" not in encoders:
         raise ConfigurationError(
             "stage.annotation_from_backbone: the model has no annotation encoder"
         )
-    state = {
-        k.removeprefix("backbone."): v
-        for k, v in model.state_dict().items()
-        if k.startswith("backbone.")
+    source = {
+        key.removeprefix("backbone."): value.detach().clone()
+        for key, value in model.state_dict().items()
+        if key.startswith("backbone.")
     }
-    model.prompt_encoders["annotation"].backbone.load_state_dict(state, strict=False)
+    target = encoders["annotation"].backbone
+    try:
+        missing, unexpected = target.load_state_dict(source, strict=False)
+    except RuntimeError as error:  # shapes that even the prior-channel hook cannot adapt
+        raise ConfigurationError(f"stage.annotation_from_backbone: {_detail(error)}") from None
+    if missing or unexpected:
+        raise ConfigurationError(
+            "stage.annotation_from_backbone: the image backbone does not match the annotation "
+            f"encoder's: {len(missing)} tensor(s) not loaded ({_some(missing)}), "
+            f"{len(unexpected)} not used ({_some(unexpected)})"
+        )
+    # Checked rather than trusted: a hook may adapt or drop what load_state_dict reports loaded.
+    for key, loaded in target.state_dict().items():
+        expected = source[key]
+        if loaded.dim() == 4 and expected.dim() == 4 and loaded.shape[1] == expected.shape[1] + 1:
+            # The prior channel is the mean of the RGB filters (PriorConv2d).
+            expected = torch.cat([expected, expected.mean(1, keepdim=True)], 1)
+        if loaded.shape != expected.shape or not torch.equal(loaded, expected.to(loaded)):
+            raise ConfigurationError(
+                f"stage.annotation_from_backbone: {key} did not load the image backbone's values"
+            )
+
+
+def _detail(error: Exception) -> str:
+    """One line of an error: load_state_dict's first line only says "Error(s) in loading
+    state_dict", its second names the tensor."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+
+
+def _some(names: list[str], limit: int = 3) -> str:
+    """Up to ``limit`` names, and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _training_data(cfg: DictConfig, context: DistributedContext) -> TrainingData:
+    """Reads the stage's mixture; a dataset that cannot be read is a configuration error."""
+    from unipercept.config import instantiate
+    from unipercept.engine.batches import ExampleSettings, TrainingData
+
+    stage = cfg.stage
+    settings = ExampleSettings(
+        short_sizes=tuple(cfg.trainer.short_sizes),
+        max_size=cfg.trainer.max_size,
+        crop_probability=cfg.trainer.crop_probability,
+        video_frames=stage.video_frames,
+        pseudo_video=stage.pseudo_video,
+        clip_window=stage.clip_window,
+        template_gap=stage.template_gap,
+    )
+    try:
+        datasets = {name: instantiate(spec) for name, spec in stage.mixture.datasets.items()}
+        return TrainingData(
+            datasets,
+            dict(stage.mixture.ratios),
+            batch_size=cfg.trainer.batch_size,
+            settings=settings,
+            seed=cfg.seed,
+            rank=context.rank,
+            world_size=context.world_size,
+        )
+    # Readers raise DatasetError (a ValueError) naming the file and record; a missing file or
+    # folder (UNIPERCEPT_DATA or a root override pointing nowhere) is one of them.
+    except (ValueError, OSError) as error:
+        raise ConfigurationError(f"stage.mixture: {error}") from error
 
 
 def run(cfg: DictConfig) -> Path:
     """Trains as ``cfg`` says; returns the output folder."""
     from unipercept.config import instantiate
-    from unipercept.engine.batches import ExampleSettings, TrainingData
-    from unipercept.engine.checkpoint import load_model_weights
+    from unipercept.engine.checkpoint import CheckpointError
     from unipercept.engine.distributed import cleanup, init_distributed
     from unipercept.engine.optim import parameter_groups, warmup_schedule
     from unipercept.engine.trainer import Trainer, TrainerSettings
 
     stage = cfg.stage
-    _check_schedule(stage)
-    initial = _initial_weights(stage.get("init_from"))  # before any work: fail fast
+    _check_schedule(stage, cfg.trainer.checkpoint_every)
+    # Everything the user can get wrong is checked before any work: the model, the data and
+    # the process group all take a while to build.
+    initial = _initial_weights(stage.get("init_from"))
+    _check_device(cfg.trainer.device)
     output_dir = Path(cfg.output_dir)
-    context = init_distributed(cfg.trainer.device)
+    _check_checkpoint_paths(output_dir / "checkpoints", stage, cfg.trainer.checkpoint_every)
     try:
+        context = init_distributed(cfg.trainer.device)
+    except ValueError as error:  # torchrun's environment variables
+        raise ConfigurationError(str(error)) from error
+    try:
+        data = _training_data(cfg, context)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = instantiate(cfg.model)
         if initial is not None:
-            load_model_weights(model, initial, strict=True)
+            _load_initial_weights(model, initial)
             logger.info("initialised from %s", initial)
         if stage.get("annotation_from_backbone", False):
             _annotation_encoder_from_backbone(model)
@@ -111,26 +263,6 @@ def run(cfg: DictConfig) -> Path:
             model.enable_gradient_checkpointing()
         model.to(context.device)
         criterion = instantiate(cfg.criterion)
-        mixture = stage.mixture
-        datasets = {name: instantiate(spec) for name, spec in mixture.datasets.items()}
-        settings = ExampleSettings(
-            short_sizes=tuple(cfg.trainer.short_sizes),
-            max_size=cfg.trainer.max_size,
-            crop_probability=cfg.trainer.crop_probability,
-            video_frames=stage.video_frames,
-            pseudo_video=stage.pseudo_video,
-            clip_window=stage.clip_window,
-            template_gap=stage.template_gap,
-        )
-        data = TrainingData(
-            datasets,
-            dict(mixture.ratios),
-            batch_size=cfg.trainer.batch_size,
-            settings=settings,
-            seed=cfg.seed,
-            rank=context.rank,
-            world_size=context.world_size,
-        )
         optimizer_factory = instantiate(cfg.optim.optimizer)
         groups = parameter_groups(
             model,
@@ -168,7 +300,10 @@ def run(cfg: DictConfig) -> Path:
             config_text=OmegaConf.to_yaml(cfg, resolve=True),
         )
         if cfg.resume:
-            trainer.resume()
+            try:
+                trainer.resume()
+            except CheckpointError as error:
+                raise ConfigurationError(f"resume: {error}") from error
         trainer.train()
     finally:
         cleanup(context)

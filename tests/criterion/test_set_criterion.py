@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -98,14 +96,15 @@ def test_overfitting_one_batch_halves_the_loss(options):
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     images, targets = generated_images()
     history = []
-    deadline = time.monotonic() + 60.0  # the CPU-minute budget
-    for _ in range(200):
+    # Bounded by steps, never by time: seeded, both variants halve their loss in under 30 steps
+    # on a CPU, whatever else the machine is doing; the bound only ends a run that fails.
+    for _ in range(100):
         loss = total_loss(criterion(model(images, targets), targets), criterion.weight_dict)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         history.append(loss.item())
-        if (history[-1] <= 0.5 * history[0] and len(history) > 20) or time.monotonic() > deadline:
+        if history[-1] <= 0.5 * history[0] and len(history) > 20:
             break
     assert history[-1] <= 0.5 * history[0], f"loss went from {history[0]:.3f} to {history[-1]:.3f}"
 

@@ -13,14 +13,17 @@ from torch import nn
 
 from unipercept.engine import checkpoint as checkpoint_module
 from unipercept.engine.checkpoint import (
-    capture_rng_state,
+    CheckpointError,
+    check_replaceable,
     latest_checkpoint,
     load_checkpoint,
     load_model_weights,
-    restore_rng_state,
+    load_newest_checkpoint,
     save_checkpoint,
+    weights_file,
 )
 from unipercept.engine.optim import warmup_schedule
+from unipercept.engine.rng import capture_rng_state, restore_rng_state
 
 
 class ExpandingConv(nn.Conv2d):
@@ -232,8 +235,145 @@ save_checkpoint({str(tmp_path)!r}, 1, model=nn.Linear(2, 2))
 checkpoint.torch.save = lambda *args, **kwargs: os._exit(3)
 save_checkpoint({str(tmp_path)!r}, 2, model=nn.Linear(2, 2))
 """
-    assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == 3
+    # The timeout only stops a hung interpreter; the script ends by itself within its two saves.
+    assert subprocess.run([sys.executable, "-c", script], timeout=3600).returncode == 3
     assert [name for name in steps(tmp_path) if ".tmp-" not in name] == ["step_00000001"]
     assert latest_checkpoint(tmp_path) == tmp_path / "step_00000001"
     save_checkpoint(tmp_path, 2, model=nn.Linear(2, 2))
     assert steps(tmp_path) == ["step_00000001", "step_00000002"]
+
+
+def truncate(file) -> bytes:
+    """Cuts ``file`` in half, as a full disk or an interrupted copy would; returns the rest."""
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("damaged_file", "reason"),
+    [("model.safetensors", "cannot read safetensors file"), ("trainer_state.pt", "weights_only")],
+)
+def test_a_damaged_newest_checkpoint_is_skipped_named_and_kept(
+    tmp_path, caplog, damaged_file, reason
+):
+    model, optimizer, _ = trained()
+    for step in (1, 2):
+        save_checkpoint(
+            tmp_path, step, model=model, optimizer=optimizer, extra={"step": step}, keep_last=2
+        )
+    damaged = tmp_path / "step_00000002"
+    left = truncate(damaged / damaged_file)
+
+    with caplog.at_level("WARNING", logger="unipercept.engine.checkpoint"):
+        found = load_newest_checkpoint(
+            tmp_path, model=Net(), optimizer=torch.optim.AdamW(Net().parameters(), lr=1e-3)
+        )
+    assert found is not None and found[0] == tmp_path / "step_00000001"
+    assert found[1] == {"step": 1}
+    warning = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "step_00000002" in warning and reason in warning, warning
+    # Kept for the user under a name that is no checkpoint's, bytes untouched.
+    kept = tmp_path / "step_00000002.damaged"
+    assert (kept / damaged_file).read_bytes() == left
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_00000001"
+    # The next saves write step 2 afresh and rotate by the whole checkpoints only.
+    for step in (2, 3):
+        save_checkpoint(tmp_path, step, model=model, optimizer=optimizer, keep_last=2)
+    assert steps(tmp_path) == ["step_00000002", "step_00000002.damaged", "step_00000003"]
+    assert (kept / damaged_file).read_bytes() == left
+    load_checkpoint(tmp_path / "step_00000002", model=Net())
+
+
+def test_when_no_checkpoint_loads_the_error_names_each_and_nothing_moves(tmp_path):
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, model=Net())
+        truncate(tmp_path / f"step_{step:08d}" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"step_00000002: .*step_00000001: "):
+        load_newest_checkpoint(tmp_path, model=Net())
+    assert steps(tmp_path) == ["step_00000001", "step_00000002"]
+    assert load_newest_checkpoint(tmp_path / "absent", model=Net()) is None
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_not_taken_for_damage(tmp_path):
+    save_checkpoint(tmp_path, 1, model=nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="stem.weight"):
+        load_newest_checkpoint(tmp_path, model=Net())
+    assert steps(tmp_path) == ["step_00000001"]
+
+
+def test_weights_file_catches_a_truncated_copy_from_its_header(tmp_path):
+    path = save_checkpoint(tmp_path, 1, model=Net())
+    assert weights_file(path) == path / "model.safetensors"
+    truncate(path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        weights_file(path)
+
+
+def user_things(directory) -> dict[str, bytes | None]:
+    """Files and folders a user put in the checkpoint directory, some named like checkpoints;
+    maps each path (relative) to its bytes, None for a folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "notes.txt").write_text("mine")
+    (directory / "step_00000003").write_text("a file, not a checkpoint")
+    (directory / "step_00000004").mkdir()
+    (directory / "step_00000004" / "results.json").write_text("{}")
+    (directory / "step_00000005").mkdir()  # an empty folder
+    (directory / "step_00000006.tmp-99").write_text("a file with a tmp name")
+    (directory / "step_00000007.tmp-99-old").mkdir()
+    (directory / "step_00000007.tmp-99-old" / "model.safetensors").write_text("not ours")
+    (directory / "step_00000007.tmp-99-old" / "plot.png").write_text("png")
+    elsewhere = directory.parent / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    (elsewhere / "data.bin").write_text("data")
+    (directory / "step_00000008").symlink_to(elsewhere, target_is_directory=True)
+    return snapshot(directory)
+
+
+def snapshot(directory) -> dict[str, bytes | None]:
+    return {
+        str(path.relative_to(directory)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+    }
+
+
+def test_saves_and_rotation_never_delete_what_they_did_not_write(tmp_path):
+    directory = tmp_path / "checkpoints"
+    before = user_things(directory)
+    model = Net()
+    for step in (1, 2, 9, 10):
+        save_checkpoint(directory, step, model=model, keep_last=1)
+    after = snapshot(directory)
+    assert {key: after.get(key, "gone") for key in before} == before
+    assert latest_checkpoint(directory) == directory / "step_00000010"
+    assert not (directory / "step_00000009").exists()
+
+
+@pytest.mark.parametrize(
+    ("step", "problem"),
+    [
+        (3, "is a file"),
+        (4, "holds files that a checkpoint does not"),
+        (5, "is a folder without model.safetensors and trainer_state.pt"),
+        (8, "is a symbolic link"),
+    ],
+)
+def test_a_save_refuses_a_step_path_that_is_not_a_checkpoint(tmp_path, step, problem):
+    directory = tmp_path / "checkpoints"
+    before = user_things(directory)
+    with pytest.raises(FileExistsError, match=f"step_{step:08d} {problem}"):
+        save_checkpoint(directory, step, model=Net())
+    assert snapshot(directory) == before
+    with pytest.raises(FileExistsError, match=problem):
+        check_replaceable(directory / f"step_{step:08d}")
+
+
+def test_rotation_keeps_a_checkpoint_a_user_added_files_to(tmp_path, caplog):
+    model = Net()
+    save_checkpoint(tmp_path, 1, model=model)
+    (tmp_path / "step_00000001" / "eval.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="unipercept.engine.checkpoint"):
+        save_checkpoint(tmp_path, 2, model=model, keep_last=1)
+    assert steps(tmp_path) == ["step_00000001", "step_00000002"]
+    assert (tmp_path / "step_00000001" / "eval.json").read_text() == "{}"
+    assert "step_00000001" in caplog.text and "eval.json" in caplog.text

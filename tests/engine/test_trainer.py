@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from unipercept import config
 from unipercept.criterion import HungarianMatcher, UniPerceptCriterion
 from unipercept.data.synthetic import generate
 from unipercept.engine.batches import ExampleSettings, TrainingData
+from unipercept.engine.checkpoint import latest_checkpoint, load_checkpoint
 from unipercept.engine.distributed import init_distributed
 from unipercept.engine.optim import warmup_schedule
 from unipercept.engine.trainer import NonFiniteLossError, Trainer, TrainerSettings
@@ -51,7 +53,9 @@ def data(tmp_path_factory, monkeypatch_module=None):
         del os.environ["UNIPERCEPT_DATA"]
 
 
-def make_trainer(data, criterion, tmp_path, steps: int, max_nonfinite: int) -> Trainer:
+def make_trainer(
+    data, criterion, tmp_path, steps: int, max_nonfinite: int, checkpoint_every: int | None = None
+) -> Trainer:
     torch.manual_seed(0)
     model = tiny_unipercept()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -65,7 +69,7 @@ def make_trainer(data, criterion, tmp_path, steps: int, max_nonfinite: int) -> T
         output_dir=tmp_path,
         settings=TrainerSettings(
             max_steps=steps,
-            checkpoint_every=steps,
+            checkpoint_every=checkpoint_every or steps,
             log_every=1,
             max_nonfinite=max_nonfinite,
             progress=False,
@@ -90,3 +94,31 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(data, tmp_path):
     )
     with pytest.raises(NonFiniteLossError, match="3 steps had a non-finite loss"):
         stubborn.train()
+
+
+@pytest.mark.parametrize("damaged_file", ["model.safetensors", "trainer_state.pt"])
+def test_resume_falls_back_past_a_truncated_newest_checkpoint(data, tmp_path, caplog, damaged_file):
+    def trainer(steps: int) -> Trainer:
+        criterion = UniPerceptCriterion(matcher=HungarianMatcher())
+        return make_trainer(data, criterion, tmp_path, steps, max_nonfinite=0, checkpoint_every=1)
+
+    trainer(2).train()
+    checkpoints = tmp_path / "checkpoints"
+    first = load_file(str(checkpoints / "step_00000001" / "model.safetensors"))
+    damaged = checkpoints / "step_00000002" / damaged_file
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    left = damaged.read_bytes()
+
+    resumed = trainer(3)
+    with caplog.at_level("WARNING"):
+        assert resumed.resume()
+    assert resumed.step == 1
+    for name, value in resumed.model.state_dict().items():
+        if name in first:
+            torch.testing.assert_close(value, first[name], msg=name)
+    assert "step_00000002" in caplog.text and damaged_file in caplog.text, caplog.text
+    # The damaged checkpoint is kept as it was; training on rewrites step 2 from scratch.
+    resumed.train()
+    assert (checkpoints / "step_00000002.damaged" / damaged_file).read_bytes() == left
+    assert latest_checkpoint(checkpoints) == checkpoints / "step_00000003"
+    load_checkpoint(checkpoints / "step_00000002", model=tiny_unipercept())

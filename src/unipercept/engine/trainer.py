@@ -19,13 +19,18 @@ from tqdm import tqdm
 from unipercept.criterion import UniPerceptCriterion, total_loss
 from unipercept.engine.batches import TrainingBatch, TrainingData
 from unipercept.engine.checkpoint import (
-    capture_rng_state,
-    latest_checkpoint,
+    CheckpointError,
     load_checkpoint,
-    restore_rng_state,
+    load_newest_checkpoint,
     save_checkpoint,
 )
-from unipercept.engine.distributed import DistributedContext, barrier, reduce_mean
+from unipercept.engine.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_object,
+    reduce_mean,
+)
+from unipercept.engine.rng import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +151,47 @@ class Trainer:
         return self.output_dir / "checkpoints"
 
     def resume(self) -> bool:
-        """Loads the newest checkpoint of :attr:`checkpoint_dir`, if any; True when one was."""
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            return False
-        extra = load_checkpoint(
-            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        """Loads the newest readable checkpoint of :attr:`checkpoint_dir`, if any.
+
+        The main rank picks it, skipping (with a warning) and setting aside newer ones that
+        cannot be read, as :func:`load_newest_checkpoint` does; the other ranks then load the
+        one it picked, so every rank resumes from the same step.
+
+        Returns:
+            True when a checkpoint was loaded, False when there is none.
+
+        Raises:
+            CheckpointError: There are checkpoints but none can be read.
+        """
+        found, failure = None, None
+        if self.context.is_main:
+            try:
+                found = load_newest_checkpoint(
+                    self.checkpoint_dir,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                )
+            except Exception as error:  # re-raised below, once the other ranks know
+                failure = error
+        # Sent even when the main rank failed, so that the other ranks stop instead of waiting.
+        chosen, problem = broadcast_object(
+            (str(found[0]) if found else None, None if failure is None else str(failure)),
+            self.context,
         )
+        if failure is not None:
+            raise failure
+        if problem is not None:
+            raise CheckpointError(f"rank 0 could not resume: {problem}")
+        if chosen is None:
+            return False
+        path = Path(chosen)
+        if found is not None:
+            extra = found[1]
+        else:
+            extra = load_checkpoint(
+                path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+            )
         self.step = int(extra["step"])
         self.nonfinite = int(extra["nonfinite"])
         self.data.sampler.load_state_dict(extra["sampler"])
