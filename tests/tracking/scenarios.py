@@ -4,7 +4,7 @@ tracker tests."""
 from __future__ import annotations
 
 import dataclasses
-import time
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -174,20 +174,28 @@ def max_overlap(scene: Scene) -> float:
     return float(max(ious, default=0.0))
 
 
-def median_update_ms(tracker: Tracker, frames: Sequence[Frame], warmup: int = 3) -> float:
-    """Median wall time of one update, after ``warmup`` frames, on one thread (a thread pool
-    on a busy machine times the scheduler, not the tracker)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times = []
-        for frame in frames:
-            start = time.perf_counter()
+def median_calls_per_update(tracker: Tracker, frames: Sequence[Frame], warmup: int = 3) -> float:
+    """Median number of Python and C function calls one update makes, after ``warmup`` frames.
+
+    A count, not a time: the same on any machine however busy, and it grows with the number of
+    tracks exactly when the update loops over tracks in Python, which is what makes an update
+    slow.
+    """
+    counts = []
+    for frame in frames:
+        calls = 0
+
+        def count(_frame, event: str, _arg) -> None:
+            nonlocal calls
+            calls += event in ("call", "c_call")
+
+        sys.setprofile(count)
+        try:
             tracker.update(frame.detections)
-            times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    return 1000 * float(np.median(times[warmup:]))
+        finally:
+            sys.setprofile(None)
+        counts.append(calls)
+    return float(np.median(counts[warmup:]))
 
 
 def run(tracker: Tracker, frames: Sequence[Frame]) -> list[Instances]:

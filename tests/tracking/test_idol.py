@@ -18,7 +18,7 @@ from .scenarios import (
     crossing_overlap,
     make_scene,
     max_overlap,
-    median_update_ms,
+    median_calls_per_update,
     objects_of,
     run,
     scene_idf1,
@@ -202,8 +202,9 @@ def test_invalid_arguments_are_named(argument, value):
         IdolTracker(**{argument: value})
 
 
-def test_update_is_fast_with_100_tracks():
+def test_update_work_stays_bounded_with_100_tracks():
+    # Counted in function calls, not timed: the same on a busy machine.
     scene = make_scene(num_frames=15, num_objects=100, crossing=False, embedding_dim=256, seed=10)
     tracker = IdolTracker()
-    assert median_update_ms(tracker, scene.frames) < 25.0
+    assert median_calls_per_update(tracker, scene.frames) < 1000
     assert tracker.num_tracks >= 90

@@ -17,7 +17,7 @@ from .scenarios import (
     crossing_overlap,
     make_scene,
     max_overlap,
-    median_update_ms,
+    median_calls_per_update,
     run,
     scene_idf1,
     track_ids_by_object,
@@ -172,8 +172,9 @@ def test_invalid_arguments_are_named(argument, value):
         QDTrack(**{argument: value})
 
 
-def test_update_is_fast_with_100_tracks():
+def test_update_work_stays_bounded_with_100_tracks():
+    # Counted in function calls, not timed: the same on a busy machine.
     scene = make_scene(num_frames=15, num_objects=100, crossing=False, embedding_dim=256, seed=9)
     tracker = QDTrack()
-    assert median_update_ms(tracker, scene.frames) < 25.0
+    assert median_calls_per_update(tracker, scene.frames) < 5000
     assert tracker.num_tracks >= 90
