@@ -143,10 +143,12 @@ def test_predict_benchmark_times_det_and_mot_against_the_forward_pass(tmp_path):
     record = json.loads(out.read_text())
     assert record["frames"] == 24
     runs = {r["run"]: r for r in record["results"]}
-    assert set(runs) == {"forward", "det", "mot"}
+    assert set(runs) == {"forward", "library det", "library mot", "det", "mot"}
     assert runs["forward"]["overhead"] == 0
     for name in ("det", "mot"):
         assert runs[name]["fps"] > 0 and runs[name]["ms_per_frame"] > 0
+        library = runs[f"library {name}"]["ms_per_frame"]
+        assert runs[name]["overhead_vs_library"] == runs[name]["ms_per_frame"] / library - 1
 
 
 def test_busy_machine_benchmark_times_each_wait_policy_and_thread_count(tmp_path):

@@ -267,11 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (problem := shadowed_package()) is not None:
         logger.error("error: %s", problem)
         return 2
+    from unipercept.threads import cpu_threads, limit_spinning
+
+    limit_spinning()  # before torch loads
     try:
         _check_outputs(args)
         if args.images is not None or args.data is not None:  # a model runs
-            from unipercept.threads import cpu_threads
-
             with cpu_threads(args.threads):
                 scores = _run(args)
         else:

@@ -12,7 +12,7 @@ from unipercept.entry import shadowed_package
 from unipercept.predict.inputs import parse_box
 from unipercept.predict.job import IMAGE_TASKS, VIDEO_TASKS, InputError, Job
 from unipercept.predict.runner import run
-from unipercept.threads import cpu_threads
+from unipercept.threads import cpu_threads, limit_spinning
 
 logger = logging.getLogger("unipercept.predict")
 
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := shadowed_package()) is not None:
         logger.error("error: %s", problem)
         return 2
+    limit_spinning()  # before torch loads
     try:
         box = parse_box(args.box) if args.box is not None else None
         job = Job(
