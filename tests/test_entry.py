@@ -13,6 +13,7 @@ ENTRY_POINTS = {
     "unipercept.predict": ["--task", "det", "--prompt", "cat", "--input", "x", "--output", "o"],
     "unipercept.evaluate": ["det", "--gt", "gt.json", "--results", "r.json"],
     "unipercept.data.synthetic": ["--out", "world", "--seed", "0"],
+    "unipercept.train": ["stage=1_pretrain"],
 }
 
 

@@ -320,11 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from unipercept.config import compose
+    from unipercept.entry import shadowed_package
 
     arguments = list(sys.argv[1:] if argv is None else argv)
     print_only = "--cfg" in arguments
     overrides = [a for a in arguments if a != "--cfg"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if (problem := shadowed_package()) is not None:
+        logger.error("error: %s", problem)
+        return 2
     try:
         cfg = compose("train", overrides)
         if print_only:  # the composed config is this command's output
