@@ -1,9 +1,53 @@
-"""Checks the command-line entry points make before anything else."""
+"""What the command-line entry points do before anything else: parse the arguments with usage
+errors as one line, check that ``unipercept`` is this package, and limit OpenMP's spinning
+before torch loads."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser that reports a usage error as one logged line (``error: ...``, exit
+    code 2) instead of argparse's usage block.
+
+    Args:
+        logger: where the line goes.
+        **kwargs: as ``argparse.ArgumentParser``.
+    """
+
+    def __init__(self, *, logger: logging.Logger, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.logger = logger
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.logger.error("error: %s (see --help)", message)
+        raise SystemExit(2)
+
+
+def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """Parses ``argv`` and prepares the process for the command's work.
+
+    Returns:
+        The arguments, or the exit code to return at once: 0 after ``--help``, 2 after a usage
+        error or when a folder hides the package (both reported).
+    """
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2, reported by the parser)
+        return int(exit_.code or 0)
+    if (problem := shadowed_package()) is not None:
+        logger = getattr(parser, "logger", logging.getLogger("unipercept"))
+        logger.error("error: %s", problem)
+        return 2
+    from unipercept.threads import limit_spinning
+
+    limit_spinning()  # before torch loads
+    return args
 
 
 def shadowed_package() -> str | None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unipercept.entry import OneLineParser, start
 from unipercept.evaluate.files import TASKS, evaluate_files
 from unipercept.evaluate.image_tasks import predict_coco
 from unipercept.evaluate.predictor import build_predictor
@@ -31,14 +32,9 @@ IMAGE_RUNNERS = ("det", "insseg", "vos", "sot", "mot", "mots", "vis")
 JSON_RESULTS = ("det", "insseg", "vis")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
-        logger.error("error: %s (see --help)", message)
-        raise SystemExit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
+        logger=logger,
         prog="python -m unipercept.evaluate",
         description="Score result files against ground truth, or run a model first and score "
         "what it writes.",
@@ -257,19 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     # Errors and warnings are single lines on stderr; the scores go to stdout.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exit_:  # --help (0) or a usage error (2, reported by _Parser)
-        return int(exit_.code or 0)
-    from unipercept.entry import shadowed_package
+    args = start(_parser(), argv)
+    if isinstance(args, int):
+        return args
     from unipercept.offline import MissingWeightsError
+    from unipercept.threads import cpu_threads
 
-    if (problem := shadowed_package()) is not None:
-        logger.error("error: %s", problem)
-        return 2
-    from unipercept.threads import cpu_threads, limit_spinning
-
-    limit_spinning()  # before torch loads
     try:
         _check_outputs(args)
         if args.images is not None or args.data is not None:  # a model runs

@@ -8,23 +8,18 @@ import logging
 import sys
 from pathlib import Path
 
-from unipercept.entry import shadowed_package
+from unipercept.entry import OneLineParser, start
 from unipercept.predict.inputs import parse_box
 from unipercept.predict.job import IMAGE_TASKS, VIDEO_TASKS, InputError, Job
 from unipercept.predict.runner import run
-from unipercept.threads import cpu_threads, limit_spinning
+from unipercept.threads import cpu_threads
 
 logger = logging.getLogger("unipercept.predict")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
-        logger.error("error: %s (see --help)", message)
-        raise SystemExit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
+        logger=logger,
         prog="python -m unipercept.predict",
         description="Run one of the ten tasks on images or a video; writes predictions.json "
         "(COCO style, RLE masks, track ids) and overlays.",
@@ -62,14 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (0 done, 2 bad input, 130 interrupted)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exit_:  # --help (0) or a usage error (2, reported by _Parser)
-        return int(exit_.code or 0)
-    if (problem := shadowed_package()) is not None:
-        logger.error("error: %s", problem)
-        return 2
-    limit_spinning()  # before torch loads
+    args = start(_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         box = parse_box(args.box) if args.box is not None else None
         job = Job(
