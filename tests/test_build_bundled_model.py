@@ -27,7 +27,7 @@ def test_the_build_script_trains_three_stages_exports_and_writes_samples(tmp_pat
         "--scale",
         "0.001",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     for stage, steps in (("1_pretrain", 2), ("2_image_joint", 3), ("3_video_joint", 5)):
         assert (work / stage / "checkpoints" / f"step_{steps:08d}" / "model.safetensors").is_file()
@@ -42,6 +42,6 @@ def test_the_build_script_trains_three_stages_exports_and_writes_samples(tmp_pat
     assert len(found) == 1  # rec answers with one box, trained or not
 
     # A rerun finds every stage finished and only exports again.
-    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("finished already") == 3

@@ -368,7 +368,7 @@ def test_the_command_line_prints_one_line_and_no_traceback(inputs, tmp_path):
             [sys.executable, "-m", "unipercept.predict", *args, "--output", str(tmp_path / "o")],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=3600,
         )
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()

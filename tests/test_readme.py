@@ -53,7 +53,7 @@ def test_the_quickstart_runs_the_main_job(tmp_path):
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=3600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     predictions = json.loads((out / "predictions.json").read_text())
@@ -85,6 +85,6 @@ def test_the_python_blocks_run(tmp_path):
     if needs_bundled and "unipercept-tiny" not in bundled_models():
         pytest.skip("the README's examples use the bundled model, which is not built")
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=3600
     )
     assert result.returncode == 0, result.stderr[-3000:]
