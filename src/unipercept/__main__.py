@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from unipercept.entry import shadowed_package
+from unipercept.threads import cpu_threads, limit_spinning
 
 
 def _version(distribution: str) -> str:
@@ -152,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := shadowed_package()) is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    facts, failures = collect_env()
+    limit_spinning()  # before torch loads
+    with cpu_threads(None):  # the cores other work leaves free, as predict takes them
+        facts, failures = collect_env()
     if args.json:
         print(json.dumps({"facts": facts, "failures": failures}, indent=2))
     else:
