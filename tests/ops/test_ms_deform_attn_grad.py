@@ -125,6 +125,37 @@ def one_sided_finite_difference(
     return result
 
 
+def _kink_case(generator, queries: int, heads: int, head_dim: int, *, border: int):
+    """float64 inputs with ``queries`` random pixel-centre / whole-pixel locations and
+    ``border`` points on the maps' edges, 2 images, 3 points; and the reference's output and
+    gradients for them.
+
+    Returns:
+        value, locations (N, Q + border, M, L, P, 2), weights, grad_output, expected.
+    """
+    spatial_shapes, level_start_index = level_index(SHAPES)
+    batch, points = 2, 3
+    locations = torch.cat(
+        (
+            kink_locations(SHAPES, (batch, queries, heads, len(SHAPES), points, 2), generator),
+            border_locations(SHAPES, border).expand(batch, -1, heads, -1, points, -1),
+        ),
+        1,
+    ).contiguous()  # (N, Q + border, M, L, P, 2)
+    queries = locations.shape[1]
+    value = torch.randn(batch, 43, heads, head_dim, dtype=torch.float64, generator=generator)
+    weights = torch.rand(
+        batch, queries, heads, len(SHAPES), points, dtype=torch.float64, generator=generator
+    )
+    grad_output = torch.randn(
+        batch, queries, heads * head_dim, dtype=torch.float64, generator=generator
+    )
+    expected = gradients(
+        reference, value, spatial_shapes, level_start_index, locations, weights, grad_output
+    )
+    return value, locations, weights, grad_output, expected
+
+
 @pytest.fixture
 def restore_isa():
     original = cpu_isa()
@@ -141,26 +172,9 @@ def test_gradients_at_pixel_centres_and_whole_pixel_offsets(isa, head_dim, dtype
     pixel centres, whole-pixel offsets and on the border."""
     if not torch.ops.unipercept.msda_set_cpu_isa(isa):
         pytest.skip(f"this CPU does not run the {isa} variant")
-    generator = torch.Generator().manual_seed(head_dim)
     spatial_shapes, level_start_index = level_index(SHAPES)
-    batch, queries, heads, points = 2, 16, 2, 3
-    locations = torch.cat(
-        (
-            kink_locations(SHAPES, (batch, queries, heads, len(SHAPES), points, 2), generator),
-            border_locations(SHAPES, 49).expand(batch, -1, heads, -1, points, -1),
-        ),
-        1,
-    ).contiguous()  # (N, Q + 49, M, L, P, 2)
-    queries = locations.shape[1]
-    value = torch.randn(batch, 43, heads, head_dim, dtype=torch.float64, generator=generator)
-    weights = torch.rand(
-        batch, queries, heads, len(SHAPES), points, dtype=torch.float64, generator=generator
-    )
-    grad_output = torch.randn(
-        batch, queries, heads * head_dim, dtype=torch.float64, generator=generator
-    )
-    expected = gradients(
-        reference, value, spatial_shapes, level_start_index, locations, weights, grad_output
+    value, locations, weights, grad_output, expected = _kink_case(
+        torch.Generator().manual_seed(head_dim), 16, 2, head_dim, border=49
     )
     got = gradients(
         ms_deform_attn,
@@ -337,26 +351,9 @@ def test_cuda_gradients_at_pixel_centres_and_on_the_border(dtype):
     """The CUDA kernel at the same kinks (float32 math; locations stay float32 and exact)."""
     if msda_backend("cuda") != "cuda":
         pytest.fail("a GPU is present but the compiled op has no CUDA kernel (build with nvcc)")
-    generator = torch.Generator().manual_seed(0)
     spatial_shapes, level_start_index = level_index(SHAPES)
-    batch, queries, heads, head_dim, points = 2, 64, 4, 32, 3
-    locations = torch.cat(
-        (
-            kink_locations(SHAPES, (batch, queries, heads, len(SHAPES), points, 2), generator),
-            border_locations(SHAPES, queries).expand(batch, -1, heads, -1, points, -1),
-        ),
-        1,
-    ).contiguous()
-    queries = locations.shape[1]
-    value = torch.randn(batch, 43, heads, head_dim, dtype=torch.float64, generator=generator)
-    weights = torch.rand(
-        batch, queries, heads, len(SHAPES), points, dtype=torch.float64, generator=generator
-    )
-    grad_output = torch.randn(
-        batch, queries, heads * head_dim, dtype=torch.float64, generator=generator
-    )
-    expected = gradients(
-        reference, value, spatial_shapes, level_start_index, locations, weights, grad_output
+    value, locations, weights, grad_output, expected = _kink_case(
+        torch.Generator().manual_seed(0), 64, 4, 32, border=64
     )
     got = gradients(
         ms_deform_attn,
