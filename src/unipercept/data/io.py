@@ -145,9 +145,12 @@ def _umask() -> int:
 
 
 def default_permissions(path: str | Path) -> None:
-    """Gives a file the permissions ``open()`` would (``0o666`` less the umask); for files that
-    ``tempfile.mkstemp`` or safetensors created readable by their owner only."""
-    os.chmod(path, 0o666 & ~_umask())
+    """Gives a file the permissions ``open()`` would (``0o666`` less the umask), and a folder
+    those ``mkdir`` would (``0o777`` less the umask); for what ``tempfile.mkstemp``,
+    ``tempfile.mkdtemp`` or safetensors created readable by their owner only. (A folder needs
+    its x bits: without them nobody else can open the files in it.)"""
+    mode = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, mode & ~_umask())
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

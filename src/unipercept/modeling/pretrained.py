@@ -48,6 +48,9 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 DEFAULT_MODEL = "unipercept-tiny"
 OWN_FILES = (WEIGHTS_FILE, CONFIG_FILE, META_FILE)
+# The inference resolution a folder records: images' shortest and longest edge, and (UNINEXT
+# models) video frames' shortest edge.
+PREPROCESS_KEYS = frozenset({"short_size", "max_size", "video_size"})
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ _RESNET_CONFIG = frozenset(
 MODEL_TARGETS = (
     AllowedTarget("unipercept.modeling", "build_unipercept"),
     AllowedTarget("unipercept.modeling", "build_deformable_detr"),
+    AllowedTarget("unipercept.modeling.uninext", "build_uninext"),
     AllowedTarget("unipercept.modeling.backbone", "MobileNetV2"),
     AllowedTarget("unipercept.modeling.backbone", "MobileNetV2.from_torchvision_checkpoint"),
     AllowedTarget("unipercept.modeling.backbone", "HFBackbone"),
@@ -202,9 +206,11 @@ def save_pretrained(
         )
     container = _config_container(config)
     settings = dict(preprocess or getattr(model, "preprocess_settings", None) or {})
-    unknown = set(settings) - {"short_size", "max_size"}
+    unknown = set(settings) - PREPROCESS_KEYS
     if unknown:
-        raise ValueError(f"preprocess takes short_size and max_size, got {sorted(unknown)}")
+        raise ValueError(
+            f"preprocess takes {', '.join(sorted(PREPROCESS_KEYS))}, got {sorted(unknown)}"
+        )
     state = model.state_dict()  # the model's own tensors: shared ones keep one data_ptr
 
     excluded: dict[str, str] = {}
@@ -437,6 +443,16 @@ def load_model(
     *,
     device: str | torch.device | None = None,
 ) -> UniPercept:
-    """The model of a bundled name (``"unipercept-tiny"``) or a pretrained folder, in eval mode,
-    ready for ``model.predict(image, prompt)`` and ``model.start(task, prompt)``."""
+    """The model of a bundled name (``"unipercept-tiny"``), a pretrained folder, or a UNINEXT
+    checkpoint (``.pth``, converted on the fly at UNINEXT's default sizes; ``python -m
+    unipercept.convert uninext`` does it once), in eval mode, ready for
+    ``model.predict(image, prompt)`` and ``model.start(task, prompt)``."""
+    path = Path(name_or_path)
+    if path.suffix in (".pth", ".pt") and path.is_file():
+        from unipercept.modeling.uninext.convert import load_uninext_checkpoint
+
+        if device is not None:
+            device = check_device(device)
+        model = load_uninext_checkpoint(path)
+        return model.to(device) if device is not None else model
     return from_pretrained(name_or_path, device=device)

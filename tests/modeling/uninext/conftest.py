@@ -76,3 +76,16 @@ def unpack_masks(packed: Tensor, height: int, width: int) -> Tensor:
     """The fixture's bit-packed masks (N, ceil(H*W/8)) uint8 -> (N, H, W) bool."""
     bits = np.unpackbits(packed.numpy(), axis=1, count=height * width)
     return torch.from_numpy(bits.reshape(-1, height, width).astype(bool))
+
+
+@pytest.fixture(scope="session")
+def uninext_model(uninext_weights):
+    """The fixture's tiny UNINEXT, built from its checkpoint's shapes (template side 64, as the
+    fixture's config) with its weights loaded, in eval mode. Shared: do not modify it."""
+    from unipercept.modeling.uninext.build import architecture_from_shapes, build_uninext
+    from unipercept.modeling.uninext.checkpoint import to_our_names
+
+    shapes = {key: tuple(value.shape) for key, value in uninext_weights.items()}
+    model = build_uninext(**architecture_from_shapes(shapes, template_size=64))
+    model.load_state_dict(to_our_names(uninext_weights), strict=True)
+    return model.eval()

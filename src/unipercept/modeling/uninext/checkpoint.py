@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from unipercept.modeling.pretrained import PretrainedError
+
 # (UNINEXT prefix, ours); the first match wins, so longer prefixes come first.
 PREFIXES: tuple[tuple[str, str], ...] = (
     ("text_encoder.body.model.", "text_encoder.bert."),
@@ -64,7 +66,7 @@ _DECODER_RENAMES = {
 }
 
 
-class UninextCheckpointError(ValueError):
+class UninextCheckpointError(PretrainedError):
     """A file that is not a usable UNINEXT checkpoint; the message names the file and the first
     offending key."""
 
@@ -83,28 +85,35 @@ def read_uninext_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = _first_sentence(error)
         raise UninextCheckpointError(
             f"{path}: refused: unpickling it needs more than tensors ({first})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = _first_sentence(error)
         raise UninextCheckpointError(
             f"{path}: not a readable checkpoint (truncated or damaged download?): {first}"
         ) from None
-    state = content.get("model", content) if isinstance(content, Mapping) else None
+    if isinstance(content, Mapping) and "model" in content:
+        state = content["model"]
+    else:
+        state = content  # a bare state dict
     if not isinstance(state, Mapping) or not state:
-        raise UninextCheckpointError(
-            f'{path}: expected {{"model": state_dict}} as UNINEXT releases it, got '
-            f"{type(content).__name__}"
+        found = (
+            f"keys {sorted(map(str, content))[:3]}"
+            if isinstance(content, Mapping)
+            else (type(content).__name__)
         )
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise UninextCheckpointError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
+        raise UninextCheckpointError(
+            f'{path}: not a UNINEXT checkpoint: expected {{"model": state_dict}}, found {found}'
+        )
     if not any(str(key).startswith("detr.") for key in state):
         raise UninextCheckpointError(
             f"{path}: not a UNINEXT checkpoint: no detr.* keys (first key {next(iter(state))})"
         )
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise UninextCheckpointError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
     return dict(state)
 
 
@@ -184,3 +193,11 @@ def _rename(tail: str, renames: Mapping[str, str]) -> str:
         if tail.startswith(theirs):
             return ours + tail[len(theirs) :]
     return tail
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The first line and sentence of an exception's message (torch's can run to a page)."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    return text.splitlines()[0].split(". ")[0]

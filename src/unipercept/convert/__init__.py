@@ -1,0 +1,1 @@
+"""``python -m unipercept.convert``: other projects' checkpoints as unipercept model folders."""

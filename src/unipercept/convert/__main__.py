@@ -1,0 +1,7 @@
+"""``python -m unipercept.convert``."""
+
+import sys
+
+from unipercept.convert.cli import main
+
+sys.exit(main())
