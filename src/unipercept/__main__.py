@@ -47,6 +47,10 @@ def _mobilenet_path() -> str:
 
 
 def _check_configs() -> str:
+    import contextlib
+
+    import torch
+
     from unipercept import config
     from unipercept.modeling.prompt.text import quiet_transformers
 
@@ -55,7 +59,10 @@ def _check_configs() -> str:
         for name in names:
             if "/" in name:
                 group, option = name.rsplit("/", 1)
-                config.instantiate(config.compose_group_option(group, option))
+                # UNINEXT's full-size models (up to 1.4 G parameters) are built weight-free.
+                meta = name.startswith("model/uninext_")
+                with torch.device("meta") if meta else contextlib.nullcontext():
+                    config.instantiate(config.compose_group_option(group, option))
             else:
                 # train.yaml needs a stage (its default is ???); any stage composes.
                 config.instantiate(
