@@ -1,26 +1,65 @@
 """The whole UNINEXT model, built from the fixture checkpoint's shapes and loaded with its
-weights, against UNINEXT's recorded stages and outputs."""
+weights, against UNINEXT's recorded stages and outputs; on both deformable-attention back-ends
+(the compiled op and the PyTorch reference)."""
 
 from __future__ import annotations
+
+import importlib
+from collections import Counter
 
 import pytest
 import torch
 
 from unipercept.modeling.uninext.backbones import image_padding_mask
-from unipercept.modeling.uninext.build import architecture_from_shapes, build_uninext
-from unipercept.modeling.uninext.checkpoint import to_our_names
+
+# The module, not the function that ``unipercept.ops`` re-exports under the same name.
+MSDA = importlib.import_module("unipercept.ops.ms_deform_attn")
+
+#: Deformable-attention back-ends the end-to-end tests run on (tensors stay on the CPU).
+BACKENDS = ["pytorch", "cpu"]
 
 
 def close(ours, ref, atol: float) -> None:
     torch.testing.assert_close(ours, ref, rtol=0, atol=atol)
 
 
-@pytest.fixture(scope="module")
-def model(uninext_weights):
-    shapes = {k: tuple(v.shape) for k, v in uninext_weights.items()}
-    built = build_uninext(**architecture_from_shapes(shapes, template_size=64))
-    built.load_state_dict(to_our_names(uninext_weights), strict=True)
-    return built.eval()
+def use_attention_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Makes every deformable attention of the test run on ``backend`` and counts the calls
+    that reach each implementation: ``"pytorch"`` for the reference, the tensors' device type
+    for the compiled op. Skips ``"cpu"`` where the compiled op is not loaded."""
+    if backend == "pytorch":
+        monkeypatch.setenv(MSDA.FORCE_PYTORCH_ENV, "1")
+    else:
+        # The variable is read on every call, so removing it here takes effect at once.
+        monkeypatch.delenv(MSDA.FORCE_PYTORCH_ENV, raising=False)
+        if MSDA.msda_backend(backend) != backend:
+            pytest.skip(
+                f"the compiled deformable-attention op has no {backend} kernel here (not built "
+                "or not loadable; rebuild with: pip install --no-build-isolation -e .)"
+            )
+    calls: Counter[str] = Counter()
+    reference = MSDA.ms_deform_attn_pytorch
+
+    def counted_reference(*args, **kwargs):
+        calls["pytorch"] += 1
+        return reference(*args, **kwargs)
+
+    monkeypatch.setattr(MSDA, "ms_deform_attn_pytorch", counted_reference)
+    MSDA.msda_backend("cpu")  # loads the compiled op, if there is one, so that it can be wrapped
+    if hasattr(torch.ops.unipercept, "ms_deform_attn_forward"):
+        compiled = torch.ops.unipercept.ms_deform_attn_forward
+
+        def counted_compiled(value, *args, **kwargs):
+            calls[value.device.type] += 1
+            return compiled(value, *args, **kwargs)
+
+        monkeypatch.setattr(torch.ops.unipercept, "ms_deform_attn_forward", counted_compiled)
+    return calls
+
+
+def assert_attention_ran(calls: Counter[str], backend: str) -> None:
+    """Every deformable attention since :func:`use_attention_backend` ran on ``backend``."""
+    assert calls[backend] > 0 and set(calls) == {backend}, dict(calls)
 
 
 def run(model, images, sizes, text, mask, *, pooled):
@@ -29,8 +68,11 @@ def run(model, images, sizes, text, mask, *, pooled):
         return model(images, padding, [tuple(s) for s in sizes.tolist()], text, mask, pooled=pooled)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["det", "grounding"])
-def test_image_case_every_stage(model, uninext_case, name: str) -> None:
+def test_image_case_every_stage(uninext_model, uninext_case, monkeypatch, name, backend) -> None:
+    calls = use_attention_backend(backend, monkeypatch)
+    model = uninext_model
     case = uninext_case(name)
     with torch.no_grad():
         text = model.encode_text(case["input.input_ids"], case["input.attention_mask"])
@@ -43,6 +85,7 @@ def test_image_case_every_stage(model, uninext_case, name: str) -> None:
         case["input.attention_mask"],
         pooled=name == "grounding",
     )
+    assert_attention_ran(calls, backend)
     t = out.transformer
     if name == "det":
         close(t.memory, case["rec.encoder.memory"], 1e-4)
