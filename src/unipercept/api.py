@@ -9,6 +9,7 @@ with predictor.start("mot", "person") as session:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,28 +57,65 @@ def as_image(image: Any) -> Tensor:
     )
 
 
-def resolve_task(task: str | Task, **options: Any) -> Task:
-    """A task object from its name (``"det"``, ..., ``"rvos"``) and options, or as given."""
+def is_uninext(model: Any) -> bool:
+    """Whether ``model`` is a :class:`~unipercept.modeling.uninext.model.Uninext`.
+
+    A model can only be one once its module is loaded, so the check does not import it (which
+    would load the text encoder's libraries into every ``import unipercept.api``).
+    """
+    module = sys.modules.get("unipercept.modeling.uninext.model")
+    return module is not None and isinstance(model, module.Uninext)
+
+
+def resolve_task(task: str | Task, *, model: Any = None, **options: Any) -> Task:
+    """A task object from its name (``"det"``, ..., ``"rvos"``) and options, or as given.
+
+    For a UNINEXT ``model`` a name gives UNINEXT's task
+    (:data:`unipercept.tasks.uninext.UNINEXT_TASKS`), and a project task object its UNINEXT
+    counterpart (:func:`unipercept.tasks.uninext.uninext_task`).
+    """
+    if is_uninext(model):
+        from unipercept.tasks.uninext import UNINEXT_TASKS, uninext_task
+
+        table, adapt = UNINEXT_TASKS, uninext_task
+    else:
+        table, adapt = TASKS, None
     if isinstance(task, Task):
         if options:
             raise ValueError("options are given to a task by name only; this task is already built")
+        if adapt is not None:
+            return adapt(task)
+        if "unipercept.tasks.uninext" in sys.modules:
+            from unipercept.tasks.uninext import is_uninext_task
+
+            if is_uninext_task(task):
+                raise ValueError(f"{type(task).__name__} runs on a UNINEXT model only")
         return task
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; tasks are {sorted(TASKS)}")
-    return TASKS[task](**options)
+    if task not in table:
+        raise ValueError(f"unknown task {task!r}; tasks are {sorted(table)}")
+    return table[task](**options)
 
 
 class Predictor:
     """Runs a model on images (:meth:`predict`) and videos (:meth:`start` a session).
 
     Args:
-        model: the prompt-driven model (put in eval mode here).
-        preprocess: resizing and normalisation of the user's images.
+        model: the prompt-driven model (put in eval mode here): a UniPercept, or a UNINEXT
+            model (:class:`~unipercept.modeling.uninext.model.Uninext`), which runs UNINEXT's
+            own tasks (:mod:`unipercept.tasks.uninext`).
+        preprocess: resizing and normalisation of the user's images. By default
+            :class:`ImagePreprocessor`; for a UNINEXT model its ``default_preprocess()`` for
+            images and ``default_preprocess(video=True)`` for videos.
     """
 
     def __init__(self, model: UniPercept, *, preprocess: ImagePreprocessor | None = None) -> None:
         self.model = model.eval()
-        self.preprocess = preprocess or ImagePreprocessor()
+        if is_uninext(model):
+            self.preprocess = preprocess or model.default_preprocess()
+            self.video_preprocess = preprocess or model.default_preprocess(video=True)
+        else:
+            self.preprocess = preprocess or ImagePreprocessor()
+            self.video_preprocess = None  # videos use ``preprocess``
 
     @property
     def device(self) -> torch.device:
@@ -105,7 +143,9 @@ class Predictor:
                 or one already encoded by :meth:`encode` (for many images, one prompt).
             task: an image task or its name (det, insseg, rec, res).
         """
-        resolved = resolve_task(task, **options)
+        resolved = resolve_task(task, model=self.model, **options)
+        if is_uninext(self.model):
+            return self._predict_uninext(image, prompt, resolved)
         if not isinstance(resolved, ImageTask):
             raise ValueError(f"{resolved.name} is a video task: use start() and step()")
         batch = self.preprocess([image], self.device)
@@ -116,12 +156,29 @@ class Predictor:
             output = self.model(batch, prompts)
         return resolved.postprocess(output, batch)[0]
 
+    def _predict_uninext(self, image: Tensor, prompt: Any, task: Task) -> Instances:
+        from unipercept.tasks.uninext import UninextImageTask
+
+        if not isinstance(task, UninextImageTask):
+            raise ValueError(f"{task.name} is a video task: use start() and step()")
+        batch = self.preprocess([image], self.device)
+        with torch.no_grad():
+            return task.predict(self.model, batch, self._prompt(task, prompt))[0]
+
     def encode(
         self, prompt: Prompt | str | Sequence[str], task: str | ImageTask
     ) -> PromptEmbedding:
         """The prompt encoded once, for :meth:`predict` on many images (category names and
-        expressions; an annotation prompt belongs to its own frame)."""
-        resolved = resolve_task(task) if isinstance(task, str) else task
+        expressions; an annotation prompt belongs to its own frame). For a UNINEXT model, a
+        :class:`~unipercept.tasks.uninext.UninextText`."""
+        resolved = resolve_task(task, model=self.model)
+        if is_uninext(self.model):
+            from unipercept.tasks.uninext import UninextImageTask
+
+            if not isinstance(resolved, UninextImageTask):
+                raise ValueError(f"{resolved.name} is a video task: its session encodes the prompt")
+            with torch.no_grad():
+                return resolved.encode(self.model, self._prompt(resolved, prompt))
         with torch.no_grad():
             return self.model.encode_prompts([self._prompt(resolved, prompt)])
 
@@ -138,7 +195,8 @@ class Predictor:
             prompt: category names or a CategoryPrompt (mot, mots, vis), an expression
                 (rvos), or one AnnotationPrompt per object in the first frame (sot, vos).
         """
-        resolved = resolve_task(task, **options)
+        resolved = resolve_task(task, model=self.model, **options)
         if not isinstance(resolved, VideoTask):
             raise ValueError(f"{resolved.name} is an image task: use predict()")
-        return resolved.start(self.model, self._prompt(resolved, prompt), self.preprocess)
+        preprocess = self.video_preprocess or self.preprocess
+        return resolved.start(self.model, self._prompt(resolved, prompt), preprocess)

@@ -18,9 +18,13 @@ def build_predictor(
 ) -> Predictor:
     """A Predictor for ``model_name``: a bundled model ("unipercept-tiny") or a save_pretrained
     folder, at its own resolution unless sizes are given; or a ``conf/model`` option built
-    with ``weights`` loaded (at 800/1333 unless given)."""
+    with ``weights`` loaded (at 800/1333 unless given).
+
+    A UNINEXT model runs at its own image and video resolutions
+    (``Uninext.default_preprocess``); ``short_size``/``max_size`` then set one resolution for
+    images and videos alike (a missing one keeps the image setting)."""
     from unipercept import config
-    from unipercept.api import Predictor
+    from unipercept.api import Predictor, is_uninext
     from unipercept.data.preprocess import ImagePreprocessor
     from unipercept.modeling.pretrained import META_FILE, bundled_models, load_model
 
@@ -47,8 +51,27 @@ def build_predictor(
         else:
             logger.warning("warning: no --weights: the model's weights are as built")
         settings = {}
+    if is_uninext(model):
+        return _uninext_predictor(model, short_size, max_size)
     if short_size is not None:
         settings["short_size"] = short_size
     if max_size is not None:
         settings["max_size"] = max_size
     return Predictor(model, preprocess=ImagePreprocessor(**settings))
+
+
+def _uninext_predictor(model, short_size: int | None, max_size: int | None) -> Predictor:
+    """A UNINEXT model with its UNINEXT preprocessor (its resizing and normalisation), at the
+    given sizes or its own."""
+    from unipercept.api import Predictor
+    from unipercept.modeling.uninext.preprocess import UninextPreprocessor
+
+    if short_size is None and max_size is None:
+        return Predictor(model)  # images and videos at the model's own resolutions
+    image = model.default_preprocess()
+    preprocess = UninextPreprocessor(
+        short_size=short_size if short_size is not None else image.short_size,
+        max_size=max_size if max_size is not None else image.max_size,
+        size_divisibility=image.size_divisibility,
+    )
+    return Predictor(model, preprocess=preprocess)

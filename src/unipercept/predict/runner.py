@@ -66,7 +66,7 @@ def _image_answerer(job: Job, model: UniPercept):
     """image -> Instances for an image task, the prompt encoded once for all images."""
     from unipercept.api import Predictor, as_image, resolve_task
 
-    task = resolve_task(job.task, **task_options(job))
+    task = resolve_task(job.task, model=model, **task_options(job))
     predictor = Predictor(model, preprocess=model.default_preprocess())
     try:
         embedding = predictor.encode(job.prompt, task)
@@ -76,6 +76,8 @@ def _image_answerer(job: Job, model: UniPercept):
 
 
 def _start_session(job: Job, model: UniPercept, prompt: Any, options: dict[str, Any]):
+    # model.start resizes as the model's default_preprocess: a UNINEXT model at its video
+    # resolution (video=True), a UniPercept at its one resolution.
     try:
         return model.start(job.task, prompt, **options)
     except ValueError as error:  # the prompt does not fit the model

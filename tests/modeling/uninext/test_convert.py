@@ -162,3 +162,18 @@ def test_bad_sizes_are_usage_errors(uninext_dir, tmp_path, caplog) -> None:
         "0",
     )
     assert "image_size must be a positive integer" in message
+
+
+def test_image_stage_checkpoint_has_no_video_heads(state, tmp_path) -> None:
+    """Stage 1-2 releases (UNINEXT_IMG) lack the template encoder and the re-id head."""
+    video_only = (
+        "detr.detr.ref_backbone.",
+        "detr.reid_embed_head.",
+        "detr.sot_fuser.",
+        "detr.adjust_layer.",
+    )
+    image_stage = {k: v for k, v in state.items() if not k.startswith(video_only)}
+    model = load_uninext_checkpoint(write(tmp_path, "image.pth", {"model": image_stage}))
+    assert model.template is None and model.reid_head is None
+    with pytest.raises(ValueError, match="no template encoder"):
+        model.encode_template(torch.zeros(3, 64, 64), torch.tensor([1.0, 1, 20, 20]))

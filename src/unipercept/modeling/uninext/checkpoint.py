@@ -94,10 +94,9 @@ def read_uninext_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise UninextCheckpointError(
             f"{path}: not a readable checkpoint (truncated or damaged download?): {first}"
         ) from None
-    if isinstance(content, Mapping) and "model" in content:
-        state = content["model"]
-    else:
-        state = content  # a bare state dict
+    # {"model": state_dict} as released, or a bare state dict.
+    wrapped = isinstance(content, Mapping) and "model" in content
+    state = content["model"] if wrapped else content
     if not isinstance(state, Mapping) or not state:
         found = (
             f"keys {sorted(map(str, content))[:3]}"

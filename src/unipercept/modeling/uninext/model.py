@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +22,21 @@ from unipercept.modeling.uninext.backbones import pixel_padding_masks
 from unipercept.modeling.uninext.fusion import uninext_text_bias
 from unipercept.modeling.uninext.heads import pool_text
 from unipercept.modeling.uninext.masks import memory_to_maps, reference_points_to_pixels
+from unipercept.modeling.uninext.preprocess import UninextPreprocessor
+from unipercept.modeling.uninext.template import TemplateTokens
 from unipercept.modeling.uninext.transformer import (
     FeatureResizer,
     TransformerOutput,
     UninextTransformer,
 )
+
+if TYPE_CHECKING:
+    from unipercept.structures import Instances, Prompt
+    from unipercept.tasks import Task, VideoSession
+
+# The resolutions UNINEXT evaluates at, where the model's settings give none: images 800/1333
+# (detectron2's defaults), videos 480 (its VIS-19, VOS and R-VOS configs).
+DEFAULT_PREPROCESS = {"short_size": 800, "max_size": 1333, "video_size": 480}
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,14 +118,110 @@ class Uninext(nn.Module):
         self.template = template
         self.resizer = resizer
         self.position = SinePositionEncoding(num_features=transformer.level_embed.shape[1] // 2)
+        # "short_size", "max_size", "video_size" the model was saved with (set by its loader).
+        self.preprocess_settings: dict[str, int] = {}
 
     @property
     def size_divisibility(self) -> int:
         return int(getattr(self.backbone, "size_divisibility", 0))
 
+    def default_preprocess(self, *, video: bool = False) -> UninextPreprocessor:
+        """UNINEXT's test-time resizing at the resolution the model was saved with.
+
+        Images: shortest edge ``short_size`` (800), longest at most ``max_size`` (1333).
+        Videos: shortest edge ``video_size`` (480), UNINEXT's setting for VIS-19, VOS and R-VOS;
+        its own evaluation used 800 for SOT and MOT and 720 for OVIS: pass ``preprocess=`` to
+        :meth:`start` (or a :class:`~unipercept.api.Predictor`) for those.
+        """
+        settings = {**DEFAULT_PREPROCESS, **self.preprocess_settings}
+        return UninextPreprocessor(
+            short_size=settings["video_size" if video else "short_size"],
+            max_size=settings["max_size"],
+            size_divisibility=self.size_divisibility,
+        )
+
+    def predict(
+        self,
+        image: Any,
+        prompt: Prompt | str | Sequence[str],
+        task: str | Task = "det",
+        *,
+        preprocess: UninextPreprocessor | None = None,
+        **options: Any,
+    ) -> Instances:
+        """Results for one image: ``model.predict("street.png", "person. car")``.
+
+        Args:
+            image: a path, a PIL image, an (H, W, 3) uint8 array, or a (3, H, W) tensor (uint8,
+                or float in [0, 1]).
+            prompt: category names (``"cat. dog"``), an expression for rec/res, or a prompt.
+            task: det, insseg, rec or res (or a task object); ``options`` go to the task (e.g.
+                ``score_threshold=0.3``).
+            preprocess: the resolution; default :meth:`default_preprocess`.
+
+        Returns:
+            Instances in the image's pixels (boxes xyxy, scores, labels, masks for
+            insseg/res). Puts the model in eval mode.
+        """
+        from unipercept.api import Predictor, as_image
+
+        predictor = Predictor(self, preprocess=preprocess)
+        return predictor.predict(as_image(image), prompt, task=task, **options)
+
+    def start(
+        self,
+        task: str | Task,
+        prompt: Prompt | str | Sequence[str] | Sequence[Prompt],
+        *,
+        preprocess: UninextPreprocessor | None = None,
+        **options: Any,
+    ) -> VideoSession:
+        """A video session on this model: ``session = model.start("mot", "person")``, then
+        ``session.step(frame)`` per frame and ``session.close()``.
+
+        The same as ``Predictor(model, preprocess=preprocess).start(task, prompt, **options)``
+        (see :class:`unipercept.api.Predictor`): :meth:`default_preprocess` with ``video=True``
+        when none is given; puts the model in eval mode.
+        """
+        from unipercept.api import Predictor
+
+        predictor = Predictor(self, preprocess=preprocess)
+        return predictor.start(task, prompt, **options)
+
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, 256, Ct) BERT's last hidden state."""
         return self.text_encoder(input_ids, attention_mask)
+
+    def encode_template(
+        self,
+        image: Tensor,
+        box_xyxy: Tensor,
+        *,
+        prior: str | Tensor = "box",
+        image_padding: Tensor | None = None,
+    ) -> TemplateTokens:
+        """An SOT/VOS target as prompt tokens (video checkpoints only).
+
+        Args:
+            image: (3, H, W) the normalised frame as the search branch gets it (resized and,
+                where the backbone needs it, padded).
+            box_xyxy: (4,) the target's box in ``image``'s pixels.
+            prior: ``"box"`` (SOT) or the target's (H, W) mask (VOS) as the 4th channel.
+            image_padding: (H, W) bool, True on ``image``'s padding.
+
+        Returns:
+            tokens (1, T, Ct) and their bool mask (1, T); pass both to :meth:`forward` with
+            ``pooled=True`` (concatenate two templates with
+            :func:`~unipercept.modeling.uninext.template.concat_templates`).
+        """
+        if self.template is None:
+            raise ValueError(
+                "this UNINEXT checkpoint has no template encoder (an image-stage model); SOT "
+                "and VOS need a video (stage-3) checkpoint"
+            )
+        return self.template.encode_prompt(
+            image, box_xyxy, self.input_proj, prior=prior, image_pad_mask=image_padding
+        )
 
     def features(self, images: Tensor, padding: Tensor) -> MultiScaleFeatures:
         """The four projected levels of a padded batch, flattened.
