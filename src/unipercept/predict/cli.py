@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint",
         default="unipercept-tiny",
-        help="a bundled model's name or a save_pretrained folder (default: unipercept-tiny)",
+        help="a bundled model's name, a save_pretrained folder (e.g. from python -m "
+        "unipercept.convert uninext), or a UNINEXT .pth converted on the fly (default: "
+        "unipercept-tiny)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(
