@@ -102,3 +102,22 @@ def test_image_case_every_stage(uninext_model, uninext_case, monkeypatch, name, 
     close(out.reference_points, case["out.reference_points_xy"], 1e-5)
     close(out.mask_logits, case["out.pred_mask_logits"], 5e-3)
     close(out.embeddings, case["out.pred_inst_embed"], 5e-5)
+
+
+def test_masks_of_chosen_queries_equal_the_full_pass(uninext_model, uninext_case) -> None:
+    """Skipping masks in the forward pass and computing them for the kept queries only gives
+    the same logits as computing all of them (UNINEXT's way)."""
+    from unipercept.modeling.uninext.backbones import image_padding_mask
+
+    case = uninext_case("det")
+    images, sizes = case["input.images"], case["input.image_sizes"]
+    padding = image_padding_mask(sizes, *images.shape[-2:])
+    arguments = (images, padding, [tuple(s) for s in sizes.tolist()], case["text.hidden"])
+    with torch.no_grad():
+        lazy = uninext_model(
+            *arguments, case["input.attention_mask"], pooled=False, with_masks=False
+        )
+        assert lazy.mask_logits is None
+        for image, queries in ((0, torch.tensor([3, 0, 29])), (1, torch.tensor([7]))):
+            ours = uninext_model.query_mask_logits(lazy, image, queries)
+            close(ours, case["out.pred_mask_logits"][image][queries], 5e-3)

@@ -74,7 +74,8 @@ class UninextImageTask(Task):
             text.hidden,
             text.mask,
             pooled=text.pooled,
-            with_masks=self.with_masks,
+            # Masks are computed for the kept queries only (model.query_mask_logits).
+            with_masks=False,
         )
         logits = class_logits(output, text)  # (B, Q, K)
         results = []
@@ -88,12 +89,15 @@ class UninextImageTask(Task):
                 nms_iou=self.nms_iou,
                 top_k=self.top_k,
             )
-            results.append(self._answer(output, index, detections, images.original_sizes[index]))
+            results.append(
+                self._answer(model, output, index, detections, images.original_sizes[index])
+            )
         return results
 
     @abstractmethod
     def _answer(
         self,
+        model: Uninext,
         output: UninextOutput,
         index: int,
         detections: UninextDetections,
@@ -131,13 +135,16 @@ class UninextDetectionTask(UninextImageTask):
 
     def _answer(
         self,
+        model: Uninext,
         output: UninextOutput,
         index: int,
         detections: UninextDetections,
         orig_size: tuple[int, int],
     ) -> Instances:
         if self.with_masks:
-            logits = output.mask_logits[index][detections.query_index]  # (N, 1, H/4, W/4)
+            logits = model.query_mask_logits(
+                output, index, detections.query_index
+            )  # (N, 1, H/4, W/4)
             masks = binary_masks(logits, image_size=detections.image_size)  # (N, h, w)
             detections = detections.with_masks(masks)
         final = rescale_detections(detections, orig_size=orig_size)
@@ -177,6 +184,7 @@ class UninextReferringTask(UninextImageTask):
 
     def _answer(
         self,
+        model: Uninext,
         output: UninextOutput,
         index: int,
         detections: UninextDetections,
@@ -191,7 +199,9 @@ class UninextReferringTask(UninextImageTask):
             "labels": detections.labels,
         }
         if self.with_masks:
-            logits = output.mask_logits[index][detections.query_index]  # (1, 1, H/4, W/4)
+            logits = model.query_mask_logits(
+                output, index, detections.query_index
+            )  # (1, 1, H/4, W/4)
             fields["masks"] = masks_to_original(logits, image_size=image_size, orig_size=orig_size)
         return Instances(orig_size, **fields)
 

@@ -231,7 +231,7 @@ class UninextVosSession(VideoSession):
             torch.cat([t.hidden for t in templates]),  # (K, 2T, Ct)
             torch.cat([t.masks for t in templates]),  # (K, 2T)
             pooled=True,
-            with_masks=True,
+            with_masks=False,  # the kept query's mask only: model.query_mask_logits
         )
         boxes, scores, probs = [], [], []
         for k in range(count):
@@ -245,7 +245,9 @@ class UninextVosSession(VideoSession):
             tracked = track_box(detections, orig_size=size)
             boxes.append(tracked.box_xyxy)
             scores.append(tracked.score)
-            logits = output.mask_logits[k][detections.query_index]  # (1, 1, H/4, W/4)
+            logits = self.model.query_mask_logits(
+                output, k, detections.query_index
+            )  # (1, 1, H/4, W/4)
             prob = probabilities_to_original(
                 mask_probabilities(logits, image_size=image_size), orig_size=size
             )[0]  # (H, W)

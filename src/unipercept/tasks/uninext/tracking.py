@@ -67,7 +67,7 @@ class _CategorySession(VideoSession):
             self.text.hidden,
             self.text.mask,
             pooled=False,
-            with_masks=self.with_masks,
+            with_masks=False,  # kept queries only: model.query_mask_logits
             with_embeddings=True,
         )
         if output.embeddings is None:
@@ -84,7 +84,9 @@ class _CategorySession(VideoSession):
 
     def _masks(self, batch, output, queries: Tensor, size: tuple[int, int]) -> Tensor:
         return masks_to_original(
-            output.mask_logits[0][queries], image_size=batch.image_sizes[0], orig_size=size
+            self.model.query_mask_logits(output, 0, queries),
+            image_size=batch.image_sizes[0],
+            orig_size=size,
         ).cpu()
 
 
@@ -154,7 +156,9 @@ class UninextVisSession(_CategorySession):
         size = (int(frame.shape[1]), int(frame.shape[2]))
         batch, output, queries, scores = self._detect(frame)
         best, labels = scores.max(dim=1)  # (N,), (N,)
-        coarse = output.mask_logits[0][queries, 0].sigmoid() > 0.5  # (N, H/4, W/4)
+        coarse = (
+            self.model.query_mask_logits(output, 0, queries)[:, 0].sigmoid() > 0.5
+        )  # (N, H/4, W/4)
         positions, ids = self.tracker.match(best, coarse, output.embeddings[0][queries])
         reported = positions[ids > -1]  # (M,)
         ids = ids[ids > -1]
@@ -212,13 +216,15 @@ class UninextReferringVideoSession(VideoSession):
         size = (int(frame.shape[1]), int(frame.shape[2]))
         batch = self.preprocess([frame], self.device)
         output = run_model(
-            self.model, batch, self.text.hidden, self.text.mask, pooled=True, with_masks=True
+            self.model, batch, self.text.hidden, self.text.mask, pooled=True, with_masks=False
         )
         scores = query_scores(output.logits[0], output.iou_logits[0])[:, 0]  # (Q,)
         query = scores.argmax().view(1)
         boxes = boxes_to_original(output.boxes[0][query], size)  # (1, 4)
         masks = masks_to_original(
-            output.mask_logits[0][query], image_size=batch.image_sizes[0], orig_size=size
+            self.model.query_mask_logits(output, 0, query),
+            image_size=batch.image_sizes[0],
+            orig_size=size,
         )
         return Instances(
             size,
