@@ -176,3 +176,52 @@ def test_busy_machine_benchmark_times_each_wait_policy_and_thread_count(tmp_path
     }
     assert by_setting["one thread"]["threads"] == 1
     assert all(r["ms_per_step"] > 0 for r in rows)
+
+
+def test_uninext_benchmark_times_each_variant_and_compares_answers(tmp_path):
+    out = tmp_path / "uninext.json"
+    script = str(REPO_ROOT / "benchmarks" / "uninext.py")
+    arguments = ["--tiny", "--repeats", "1", "--workloads", "video", "template", "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, script, *arguments], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    rows = {(r["workload"], r["variant"]): r for r in record["results"]}
+    assert set(rows) == {
+        ("video", "fp32"),
+        ("video", "fp32-pytorch-msda"),
+        ("video", "bf16"),
+        ("template", "fp32"),
+        ("template", "bf16"),
+    }
+    assert all(r["ms"] > 0 for r in rows.values())
+    assert rows["video", "fp32"]["speedup_vs_fp32"] == 1.0
+    assert {"backbone", "fusion", "encoder", "decoder", "masks", "reid"} <= set(
+        rows["video", "fp32"]["stage_ms"]
+    )
+    for variant in ("fp32", "fp32-pytorch-msda", "bf16"):
+        memory = rows["video", variant]["memory"]
+        assert memory["peak_mb"] >= memory["before_mb"] > 0
+    assert rows["template", "fp32"]["memory"] is None
+    comparisons = {c["variant"]: c for c in record["comparisons"]}
+    assert set(comparisons) == {"fp32-pytorch-msda", "bf16"}
+    # The PyTorch fallback computes the same function as the compiled op.
+    reference = comparisons["fp32-pytorch-msda"]
+    assert reference["slots_same"] == 1.0 and reference["top10_same_query_class"] == 10
+    assert reference["max_logit_diff"] < 1e-3 and reference["max_box_diff_px"] < 1e-3
+    assert "top-10 same (query, class)" in result.stdout
+
+
+def test_uninext_benchmark_names_a_missing_key_manifest(tmp_path):
+    missing = tmp_path / "r50.txt"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "uninext.py"), "--keys", str(missing)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"uninext.py: key manifest not found: {missing} (pass --keys PATH)"
+    ]
