@@ -26,6 +26,17 @@ def check_fraction(name: str, value: object) -> float:
     return float(value)
 
 
+def check_count(name: str, value: object) -> int:
+    """``value`` as an integer >= 1 (top-k, an update interval).
+
+    Raises:
+        ValueError: a bool, a float, a string or a number below 1, naming it.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be >= 1 (an integer), got {value!r}")
+    return value
+
+
 class Task(ABC):
     """A task builds its prompt from user input and reads the model's predictions.
 

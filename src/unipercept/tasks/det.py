@@ -10,6 +10,7 @@ from unipercept.structures import CategoryPrompt, ImageBatch, Instances
 from unipercept.tasks.base import (
     ImageTask,
     boxes_in_original,
+    check_count,
     check_fraction,
     combined_scores,
     masks_in_original,
@@ -40,10 +41,8 @@ class DetectionTask(ImageTask):
         quality_weight: float = 0.5,
         suppression: Suppression | None = None,
     ) -> None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (an integer), got {top_k!r}")
         self.score_threshold = check_fraction("score_threshold", score_threshold)
-        self.top_k = top_k
+        self.top_k = check_count("top_k", top_k)
         self.quality_weight = check_fraction("quality_weight", quality_weight)
         self.suppression = suppression
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from unipercept.data.preprocess import ImagePreprocessor
 from unipercept.modeling.unipercept import UniPercept
 from unipercept.structures import AnnotationPrompt, CategoryPrompt, ExpressionPrompt, Prompt
-from unipercept.tasks.base import Task, check_fraction
+from unipercept.tasks.base import Task, check_count, check_fraction
 from unipercept.tasks.det import DetectionTask, InstanceSegmentationTask
 from unipercept.tasks.session import (
     AnnotationSession,
@@ -55,14 +55,8 @@ class SingleObjectTrackingTask(VideoTask):
         update_interval: int = 10,
         update_threshold: float = 0.6,
     ) -> None:
-        if (
-            isinstance(update_interval, bool)
-            or not isinstance(update_interval, int)
-            or update_interval < 1
-        ):
-            raise ValueError(f"update_interval must be >= 1 (an integer), got {update_interval!r}")
         self.score_threshold = check_fraction("score_threshold", score_threshold)
-        self.update_interval = update_interval
+        self.update_interval = check_count("update_interval", update_interval)
         self.update_threshold = check_fraction("update_threshold", update_threshold)
 
     def make_prompt(

@@ -25,7 +25,7 @@ from unipercept.modeling.uninext.postprocess import (
     select_detections,
 )
 from unipercept.structures import ImageBatch, Instances, Prompt
-from unipercept.tasks.base import Task, check_fraction
+from unipercept.tasks.base import Task, check_count, check_fraction
 from unipercept.tasks.det import DetectionTask
 from unipercept.tasks.rec import ReferringTask
 from unipercept.tasks.uninext.common import (
@@ -122,10 +122,8 @@ class UninextDetectionTask(UninextImageTask):
     shared_options: ClassVar[tuple[str, ...]] = ("score_threshold", "top_k")
 
     def __init__(self, *, score_threshold: float = 0.3, top_k: int = 100) -> None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (an integer), got {top_k!r}")
         self.score_threshold = check_fraction("score_threshold", score_threshold)
-        self.top_k = top_k
+        self.top_k = check_count("top_k", top_k)
 
     # ``"cat. dog"`` or ``["cat", "dog"]`` -> a category prompt, as the project's task builds it.
     make_prompt = DetectionTask.make_prompt

@@ -16,7 +16,7 @@ import torch
 from unipercept.modeling.uninext.model import Uninext
 from unipercept.modeling.uninext.preprocess import UninextPreprocessor
 from unipercept.structures import AnnotationPrompt, CategoryPrompt, ExpressionPrompt, Prompt
-from unipercept.tasks.base import check_fraction
+from unipercept.tasks.base import check_count, check_fraction
 from unipercept.tasks.det import DetectionTask
 from unipercept.tasks.uninext.common import encode_category_text, encode_expression_text
 from unipercept.tasks.uninext.templates import UninextSotSession, UninextVosSession
@@ -59,15 +59,9 @@ class UninextSingleObjectTrackingTask(VideoTask):
         update_interval: int = 200,
         update_threshold: float = 0.7,
     ) -> None:
-        if (
-            isinstance(update_interval, bool)
-            or not isinstance(update_interval, int)
-            or update_interval < 1
-        ):
-            raise ValueError(f"update_interval must be >= 1 (an integer), got {update_interval!r}")
         self.score_threshold = check_fraction("score_threshold", score_threshold)
         self.online_update = online_update
-        self.update_interval = update_interval
+        self.update_interval = check_count("update_interval", update_interval)
         self.update_threshold = check_fraction("update_threshold", update_threshold)
 
     make_prompt = SingleObjectTrackingTask.make_prompt
