@@ -177,3 +177,28 @@ def test_image_stage_checkpoint_has_no_video_heads(state, tmp_path) -> None:
     assert model.template is None and model.reid_head is None
     with pytest.raises(ValueError, match="no template encoder"):
         model.encode_template(torch.zeros(3, 64, 64), torch.tensor([1.0, 1, 20, 20]))
+
+
+def test_evaluate_runs_a_converted_folder_at_its_sizes(uninext_dir, tmp_path, caplog) -> None:
+    from unipercept.evaluate.predictor import build_predictor
+    from unipercept.modeling.uninext.preprocess import UninextPreprocessor
+
+    folder = tmp_path / "m"
+    code, _ = convert(
+        "uninext",
+        str(uninext_dir / "checkpoint.pth"),
+        str(folder),
+        "--template-size",
+        "64",
+        "--image-size",
+        "320",
+        "--video-size",
+        "240",
+        caplog=caplog,
+    )
+    assert code == 0
+    predictor = build_predictor(str(folder), None, None, None)
+    assert isinstance(predictor.model, Uninext)
+    assert isinstance(predictor.preprocess, UninextPreprocessor)
+    assert (predictor.preprocess.short_size, predictor.video_preprocess.short_size) == (320, 240)
+    assert build_predictor(str(folder), None, 200, None).preprocess.short_size == 200
