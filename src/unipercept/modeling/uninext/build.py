@@ -255,23 +255,4 @@ def build_uninext(
         template=template,
         resizer=FeatureResizer(in_dim=text_dim, out_dim=hidden_dim) if denoising_resizer else None,
     )
-    model.architecture = {
-        "backbone": dict(backbone),
-        "template_backbone": dict(template_backbone) if template_backbone else None,
-        "text": dict(text),
-        "hidden_dim": hidden_dim,
-        "num_levels": num_levels,
-        "encoder_layers": encoder_layers,
-        "decoder_layers": decoder_layers,
-        "ffn_dim": ffn_dim,
-        "encoder_points": encoder_points,
-        "decoder_points": decoder_points,
-        "num_queries": num_queries,
-        "fusion_dim": fusion_dim,
-        "mask_dim": mask_dim,
-        "reid_layers": reid_layers,
-        "reid_points": reid_points,
-        "template_size": template_size,
-        "denoising_resizer": denoising_resizer,
-    }
     return model.eval()
