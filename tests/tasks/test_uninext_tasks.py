@@ -384,6 +384,35 @@ def test_idol_tracker_mask_nms_and_memory() -> None:
     assert len(tracker.tracklets[0]["embeds"]) == 3  # the memory keeps the last three
 
 
+def test_empty_frames_age_tracks_out_through_update() -> None:
+    """``update`` on a frame without detections still advances the tracker, so a track
+    unseen for ``memory_frames`` frames is forgotten (a reappearance gets a new id)."""
+    box = torch.tensor([[0.0, 0, 10, 10]])
+    one = Instances(
+        (20, 20),
+        boxes=box,
+        scores=torch.tensor([0.9]),
+        labels=torch.zeros(1, dtype=torch.int64),
+        embeddings=torch.eye(2)[:1] * 5,
+    )
+    none = one[torch.zeros(0, dtype=torch.int64)]
+    tracker = UninextQuasiDenseTracker(memory_frames=2)
+    assert tracker.update(one).track_ids.tolist() == [1]
+    assert len(tracker.update(none)) == 0
+    assert tracker.update(one).track_ids.tolist() == [1]  # one frame missed: kept
+    for _ in range(2):
+        tracker.update(none)
+    assert tracker.update(one).track_ids.tolist() == [2]  # two missed: forgotten
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, :4] = True
+    vis = Instances((8, 8), scores=torch.tensor([0.9]), masks=masks, embeddings=torch.eye(2)[:1])
+    idol = UninextIdolTracker(memory_frames=2)
+    assert idol.update(vis).track_ids.tolist() == [1]
+    for _ in range(2):
+        assert len(idol.update(vis[torch.zeros(0, dtype=torch.int64)])) == 0
+    assert idol.update(vis).track_ids.tolist() == [2]
+
+
 # --- the predict command's code path ------------------------------------------------------------
 
 

@@ -182,14 +182,6 @@ def boxes_to_original(boxes_cxcywh: Tensor, orig_size: tuple[int, int]) -> Tenso
     return box_cxcywh_to_xyxy(boxes_cxcywh * scale)  # (N, 4)
 
 
-def clip_to(boxes_xyxy: Tensor, size: tuple[int, int]) -> Tensor:
-    """(N, 4) boxes clipped to an image of ``size`` (H, W)."""
-    height, width = size
-    xs = boxes_xyxy[:, 0::2].clamp(min=0, max=width)
-    ys = boxes_xyxy[:, 1::2].clamp(min=0, max=height)
-    return torch.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], dim=-1)
-
-
 def masks_to_original(
     mask_logits: Tensor, *, image_size: tuple[int, int], orig_size: tuple[int, int]
 ) -> Tensor:

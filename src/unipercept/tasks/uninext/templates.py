@@ -28,9 +28,15 @@ from unipercept.modeling.uninext.postprocess_video import (
 )
 from unipercept.modeling.uninext.preprocess import UninextPreprocessor
 from unipercept.modeling.uninext.template import TemplateTokens, concat_templates
-from unipercept.structures import AnnotationPrompt, ImageBatch, Instances
+from unipercept.structures import (
+    AnnotationPrompt,
+    ImageBatch,
+    Instances,
+    clip_boxes,
+    masks_to_boxes,
+)
 from unipercept.tasks.session import VideoSession
-from unipercept.tasks.uninext.common import box_to_input, clip_to, prompt_mask_to_input, run_model
+from unipercept.tasks.uninext.common import box_to_input, prompt_mask_to_input, run_model
 
 
 def _encode(model: Uninext, batch: ImageBatch, box: Tensor, prior: str | Tensor):
@@ -43,13 +49,7 @@ def _mask_box(mask: Tensor) -> Tensor | None:
     """(4,) float32 xyxy around a mask's pixels, ``x2``/``y2`` one past the last (detectron2's
     ``BitMasks.get_bounding_boxes``, which gives a VOS annotation its box at input size), or
     None for an empty mask."""
-    rows = torch.nonzero(mask.any(dim=1)).flatten()
-    cols = torch.nonzero(mask.any(dim=0)).flatten()
-    if rows.numel() == 0:
-        return None
-    return torch.tensor(
-        [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=torch.float32, device=mask.device
-    )
+    return masks_to_boxes(mask[None].bool())[0] if mask.any() else None
 
 
 def _joined(first: tuple[Tensor, Tensor], latest: tuple[Tensor, Tensor]) -> TemplateTokens:
@@ -104,7 +104,7 @@ class UninextSotSession(VideoSession):
         if self.frames_seen == 0:
             return Instances(
                 size,
-                boxes=clip_to(self.box[None].float().cpu(), size),
+                boxes=clip_boxes(self.box[None].float().cpu(), size),
                 scores=torch.ones(1),
                 labels=torch.zeros(1, dtype=torch.int64),
                 track_ids=torch.ones(1, dtype=torch.int64),
@@ -213,7 +213,7 @@ class UninextVosSession(VideoSession):
         if self.frames_seen == 0:
             probs = probabilities_to_original(self.first_masks, orig_size=size)  # (K, H, W)
             return self._result(
-                soft_aggregate(probs), clip_to(self.boxes.float(), size), torch.ones(count), size
+                soft_aggregate(probs), clip_boxes(self.boxes.float(), size), torch.ones(count), size
             )
         single = self.preprocess([frame], self.device)
         image_size = single.image_sizes[0]

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from unipercept.structures import Instances
 from unipercept.tracking.base import Tracker
-from unipercept.tracking.matching import check_detections
+from unipercept.tracking.matching import bisoftmax_similarity, check_detections
 
 
 def box_overlaps(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
@@ -41,17 +41,12 @@ def box_overlaps(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
 def mask_overlaps(masks1: Tensor, masks2: Tensor) -> Tensor:
     """IDOL's ``mask_iou``: (N, h, w) x (M, h, w) bool -> (N, M), ``(inter + 1e-6) / (union +
     1e-6)``."""
-    a = masks1.flatten(1).to(torch.int64)  # (N, hw)
-    b = masks2.flatten(1).to(torch.int64)  # (M, hw)
+    # float32 counts are exact below 2^24 pixels, and CUDA has no int64 matrix product.
+    a = masks1.flatten(1).to(torch.float32)  # (N, hw)
+    b = masks2.flatten(1).to(torch.float32)  # (M, hw)
     intersection = a @ b.T  # (N, M)
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - intersection
-    return (intersection.to(torch.float32) + 1e-6) / (union.to(torch.float32) + 1e-6)
-
-
-def bisoftmax(embeddings: Tensor, memory: Tensor) -> Tensor:
-    """(N, M) the mean of the softmaxes of ``embeddings @ memory.T`` over each axis."""
-    feats = embeddings @ memory.T  # (N, M)
-    return (feats.softmax(dim=1) + feats.softmax(dim=0)) / 2
+    return (intersection + 1e-6) / (union + 1e-6)
 
 
 class UninextQuasiDenseTracker(Tracker):
@@ -163,7 +158,7 @@ class UninextQuasiDenseTracker(Tracker):
         ids = torch.full((len(order),), -1, dtype=torch.int64)
         if len(order) and self.tracklets:
             memo_embeds, memo_ids, memo_labels = self._memory()
-            similarity = bisoftmax(embeddings, memo_embeds.to(embeddings))  # (N, T + b)
+            similarity = bisoftmax_similarity(embeddings, memo_embeds.to(embeddings))  # (N, T + b)
             if self.with_cats:
                 same = labels[:, None] == memo_labels[None, :].to(labels.device)
                 similarity = similarity * same.to(similarity.dtype)
@@ -225,8 +220,7 @@ class UninextQuasiDenseTracker(Tracker):
         """The tracked detections of one frame (boxes in original pixels, scores, labels,
         embeddings), in the matching order, with ``track_ids``."""
         check_detections(detections, ("boxes", "scores", "labels", "embeddings"), "UNINEXT MOT")
-        if len(detections) == 0:
-            return detections.replace(track_ids=torch.zeros(0, dtype=torch.int64))
+        # An empty frame still advances the tracker (tracks age out as in UNINEXT).
         positions, ids = self.match(
             detections.boxes, detections.scores, detections.labels, detections.embeddings
         )
@@ -327,7 +321,9 @@ class UninextIdolTracker(Tracker):
         ids = torch.full((len(positions),), -1, dtype=torch.int64)
         if len(positions) and self.tracklets:
             memo_embeds, memo_ids, memo_frames = self._memory()
-            similarity = bisoftmax(embeddings, memo_embeds.to(embeddings)).cpu()  # (M, T)
+            similarity = bisoftmax_similarity(
+                embeddings, memo_embeds.to(embeddings)
+            ).cpu()  # (M, T)
             memo_frames = memo_frames.to(similarity)
             for i in range(len(positions)):
                 row = similarity[i]
@@ -379,8 +375,7 @@ class UninextIdolTracker(Tracker):
         """The tracked detections of one frame (scores decreasing, masks, embeddings), with
         ``track_ids``; the masks of ``detections`` stand in for UNINEXT's stride-4 masks."""
         check_detections(detections, ("scores", "masks", "embeddings"), "UNINEXT VIS")
-        if len(detections) == 0:
-            return detections.replace(track_ids=torch.zeros(0, dtype=torch.int64))
+        # An empty frame still advances the tracker (tracks age out as in UNINEXT).
         positions, ids = self.match(detections.scores, detections.masks, detections.embeddings)
         reported = ids > -1
         return detections[positions[reported]].replace(track_ids=ids[reported] + 1)

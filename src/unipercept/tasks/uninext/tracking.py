@@ -18,13 +18,12 @@ from torch import Tensor
 from unipercept.modeling.uninext.model import Uninext
 from unipercept.modeling.uninext.postprocess import query_scores
 from unipercept.modeling.uninext.preprocess import UninextPreprocessor
-from unipercept.structures import Instances
+from unipercept.structures import Instances, clip_boxes
 from unipercept.tasks.session import VideoSession, VideoSummary
 from unipercept.tasks.uninext.common import (
     UninextText,
     boxes_to_original,
     class_logits,
-    clip_to,
     masks_to_original,
     run_model,
     select_for_tracking,
@@ -162,7 +161,7 @@ class UninextVisSession(_CategorySession):
         positions, ids = self.tracker.match(best, coarse, output.embeddings[0][queries])
         reported = positions[ids > -1]  # (M,)
         ids = ids[ids > -1]
-        boxes = clip_to(boxes_to_original(output.boxes[0][queries[reported]], size), size)
+        boxes = clip_boxes(boxes_to_original(output.boxes[0][queries[reported]], size), size)
         result = Instances(
             size,
             boxes=boxes.cpu(),
@@ -228,7 +227,7 @@ class UninextReferringVideoSession(VideoSession):
         )
         return Instances(
             size,
-            boxes=clip_to(boxes, size).cpu(),
+            boxes=clip_boxes(boxes, size).cpu(),
             scores=scores[query].cpu(),
             labels=torch.zeros(1, dtype=torch.int64),
             masks=masks.cpu(),
