@@ -258,6 +258,30 @@ def test_vos_without_update_keeps_first_template(video_predictor, uninext_case) 
     assert abs(float(results[2].scores[0]) - float(case["frame2.final.score"])) > 1e-4
 
 
+@pytest.mark.parametrize("update_padded_frames", [False, True])
+def test_vos_skips_updates_on_padded_frames_as_uninext(
+    uninext_model,  # noqa: F811
+    uninext_case,  # noqa: F811
+    update_padded_frames: bool,
+) -> None:
+    """With a backbone that pads to 32 (ConvNeXt, ViT), UNINEXT's update fails its size check
+    on a frame whose resized size is not a multiple of 32 and is skipped; the option updates
+    anyway. (The tiny model is a ResNet; a preprocessor that pads to 32 stands in.)"""
+    from unipercept.modeling.uninext.preprocess import UninextPreprocessor
+
+    case = uninext_case("vos")
+    frames = [original_frame(case[f"input.frame{i}_image"]) for i in range(2)]  # 192x256
+    prompt = AnnotationPrompt(frames[0], mask=case["input.prompt_mask_orig"].bool())
+    padding = UninextPreprocessor(short_size=80, size_divisibility=32)  # 80x107 -> 96x128
+    predictor = Predictor(uninext_model, preprocess=padding)
+    options = {"update_threshold": 0.0, "update_padded_frames": update_padded_frames}
+    with predictor.start("vos", [prompt], **options) as session:
+        for frame in frames:
+            session.step(frame)
+        kept = session.previous[0][0] is session.first[0][0]
+    assert kept != update_padded_frames
+
+
 # --- MOT, MOTS, VIS, R-VOS -----------------------------------------------------------------------
 
 

@@ -121,3 +121,15 @@ def test_masks_of_chosen_queries_equal_the_full_pass(uninext_model, uninext_case
         for image, queries in ((0, torch.tensor([3, 0, 29])), (1, torch.tensor([7]))):
             ours = uninext_model.query_mask_logits(lazy, image, queries)
             close(ours, case["out.pred_mask_logits"][image][queries], 5e-3)
+
+
+def test_a_backbone_that_pads_to_32_refuses_unpadded_images(uninext_model, monkeypatch) -> None:
+    """ConvNeXt and ViT need inputs padded to multiples of 32; a preprocessor that does not
+    pad is refused in one line instead of answering from cropped borders."""
+    monkeypatch.setattr(uninext_model.backbone, "size_divisibility", 32)
+    assert uninext_model.default_preprocess(short_size=80).size_divisibility == 32
+    images = torch.zeros(1, 3, 80, 107)
+    padding = torch.zeros(1, 80, 107, dtype=torch.bool)
+    text, mask = torch.zeros(1, 4, 8), torch.ones(1, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="padded to multiples of 32"):
+        uninext_model(images, padding, [(80, 107)], text, mask, pooled=False)

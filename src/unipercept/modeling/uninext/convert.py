@@ -24,11 +24,12 @@ from unipercept.modeling.uninext.checkpoint import (
     to_our_names,
     to_uninext_name,
 )
-from unipercept.modeling.uninext.model import Uninext
+from unipercept.modeling.uninext.model import DEFAULT_PREPROCESS, Uninext
 
 BUILDER = "unipercept.modeling.uninext.build_uninext"
-# UNINEXT's test sizes: images 800/1333 (detectron2's defaults); video 480 (VIS-19, VOS, R-VOS).
-IMAGE_SIZE, MAX_SIZE, VIDEO_SIZE = 800, 1333, 480
+IMAGE_SIZE = DEFAULT_PREPROCESS["short_size"]
+MAX_SIZE = DEFAULT_PREPROCESS["max_size"]
+VIDEO_SIZE = DEFAULT_PREPROCESS["video_size"]
 
 
 def load_uninext_checkpoint(

@@ -127,18 +127,26 @@ class Uninext(nn.Module):
     def size_divisibility(self) -> int:
         return int(getattr(self.backbone, "size_divisibility", 0))
 
-    def default_preprocess(self, *, video: bool = False) -> UninextPreprocessor:
-        """UNINEXT's test-time resizing at the resolution the model was saved with.
+    def default_preprocess(
+        self, *, video: bool = False, short_size: int | None = None, max_size: int | None = None
+    ) -> UninextPreprocessor:
+        """UNINEXT's test-time resizing at the resolution the model was saved with, padded as
+        the backbone needs (ConvNeXt and ViT: to multiples of 32).
 
         Images: shortest edge ``short_size`` (800), longest at most ``max_size`` (1333).
         Videos: shortest edge ``video_size`` (480), UNINEXT's setting for VIS-19, VOS and R-VOS;
-        its own evaluation used 800 for SOT and MOT and 720 for OVIS: pass ``preprocess=`` to
-        :meth:`start` (or a :class:`~unipercept.api.Predictor`) for those.
+        its own evaluation used 800 for SOT and MOT and 720 for OVIS: pass
+        ``preprocess=model.default_preprocess(video=True, short_size=800)`` to :meth:`start`
+        for those.
+
+        Args:
+            video: the video resolution instead of the image one.
+            short_size, max_size: override the saved sizes.
         """
         settings = {**DEFAULT_PREPROCESS, **self.preprocess_settings}
         return UninextPreprocessor(
-            short_size=settings["video_size" if video else "short_size"],
-            max_size=settings["max_size"],
+            short_size=short_size or settings["video_size" if video else "short_size"],
+            max_size=max_size or settings["max_size"],
             size_divisibility=self.size_divisibility,
         )
 
@@ -266,6 +274,12 @@ class Uninext(nn.Module):
             templates) instead of against every token (category names).
         with_masks, with_embeddings: compute the mask logits / re-id embeddings.
         """
+        divisor = self.size_divisibility
+        if divisor and (images.shape[-2] % divisor or images.shape[-1] % divisor):
+            raise ValueError(
+                f"images are {images.shape[-2]}x{images.shape[-1]}: this backbone needs them "
+                f"padded to multiples of {divisor} (use model.default_preprocess())"
+            )
         features = self.features(images, padding)
         bias = uninext_text_bias(text_mask, dtype=text.dtype)
         out = self.transformer(

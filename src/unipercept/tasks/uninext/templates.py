@@ -155,6 +155,12 @@ class UninextVosSession(VideoSession):
         update_threshold: an object scoring at least this gets a new previous template from
             its label-map region (UNINEXT: 0.7); a region too thin for a crop (one pixel wide or
             high) keeps the old one, as UNINEXT's ``try``/``except`` does.
+        update_padded_frames: also update on frames the preprocessor padded (ConvNeXt and ViT
+            pad to multiples of 32). UNINEXT builds the update's mask at the unpadded size,
+            its template branch pads the frame and asserts that both sizes agree, and its bare
+            ``except`` skips the update: with those backbones it never updates a template on a
+            frame whose resized size is not a multiple of 32 (e.g. 480x854). False (the
+            default) reproduces that; with ResNet-50 nothing is padded and it changes nothing.
     """
 
     def __init__(
@@ -165,6 +171,7 @@ class UninextVosSession(VideoSession):
         prompts: list[AnnotationPrompt],
         score_threshold: float,
         update_threshold: float,
+        update_padded_frames: bool = False,
     ) -> None:
         super().__init__(model=model, preprocess=preprocess)
         if not prompts:
@@ -172,6 +179,7 @@ class UninextVosSession(VideoSession):
         self.boxes = torch.stack([p.box for p in prompts])  # (K, 4) first-frame pixels
         self.score_threshold = score_threshold
         self.update_threshold = update_threshold
+        self.update_padded_frames = update_padded_frames
         self.first: list[tuple[Tensor, Tensor]] = []
         masks = []
         with torch.no_grad():
@@ -254,7 +262,8 @@ class UninextVosSession(VideoSession):
             probs.append(prob if tracked.score >= self.score_threshold else torch.zeros_like(prob))
         label_map = soft_aggregate(torch.stack(probs))  # (H, W)
         padded = (int(batch.tensor.shape[-2]), int(batch.tensor.shape[-1]))
-        for k in range(count):
+        updates = self.update_padded_frames or padded == tuple(image_size)
+        for k in range(count if updates else 0):
             if scores[k] < self.update_threshold:
                 continue
             update = vos_template_update(

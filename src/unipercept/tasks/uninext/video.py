@@ -90,6 +90,8 @@ class UninextVideoObjectSegmentationTask(VideoTask):
         score_threshold: objects scoring below this are left out of the frame's merge
             (UNINEXT: 0.0; 0.5 on YouTube-VOS 2018).
         update_threshold: score for a new previous template (UNINEXT: 0.7).
+        update_padded_frames: also update templates on padded frames (see
+            :class:`UninextVosSession`; UNINEXT does not).
     """
 
     name: ClassVar[str] = "vos"
@@ -97,9 +99,16 @@ class UninextVideoObjectSegmentationTask(VideoTask):
     with_masks: ClassVar[bool] = True
     shared_options: ClassVar[tuple[str, ...]] = ("score_threshold",)
 
-    def __init__(self, *, score_threshold: float = 0.0, update_threshold: float = 0.7) -> None:
+    def __init__(
+        self,
+        *,
+        score_threshold: float = 0.0,
+        update_threshold: float = 0.7,
+        update_padded_frames: bool = False,
+    ) -> None:
         self.score_threshold = check_fraction("score_threshold", score_threshold)
         self.update_threshold = check_fraction("update_threshold", update_threshold)
+        self.update_padded_frames = bool(update_padded_frames)
 
     make_prompt = SingleObjectTrackingTask.make_prompt
 
@@ -112,6 +121,7 @@ class UninextVideoObjectSegmentationTask(VideoTask):
             prompts=_annotations(self.name, prompt),
             score_threshold=self.score_threshold,
             update_threshold=self.update_threshold,
+            update_padded_frames=self.update_padded_frames,
         )
 
 
