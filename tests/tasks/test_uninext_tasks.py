@@ -516,3 +516,21 @@ def test_evaluate_predictor_for_a_uninext_model(uninext_model) -> None:  # noqa:
     assert isinstance(sized.preprocess, UninextPreprocessor)
     assert (sized.preprocess.short_size, sized.preprocess.max_size) == (96, 1333)
     assert sized.video_preprocess is sized.preprocess
+
+
+def test_a_bf16_model_runs_and_reports_float32(uninext_model, uninext_case) -> None:  # noqa: F811
+    """``model.to(torch.bfloat16)`` takes the float32 batches the preprocessor makes and gives
+    float32 scores and boxes, on the image and the video paths."""
+    import copy
+
+    model = copy.deepcopy(uninext_model).to(torch.bfloat16)
+    predictor = Predictor(model, preprocess=HalfNearest(short_size=96))
+    case = uninext_case("det")
+    image = case["input.orig_image0_uint8_hwc"].permute(2, 0, 1)
+    found = predictor.predict(image, case.meta["categories"], task="insseg", score_threshold=0.0)
+    assert found.scores.dtype == found.boxes.dtype == torch.float32 and len(found) > 0
+    assert found.masks.dtype == torch.bool
+    case, (first, second) = _mot_frames(uninext_case)
+    with predictor.start("vis", case.meta["categories"]) as session:
+        tracked = [session.step(frame) for frame in (first, second)]
+    assert all(t.scores.dtype == torch.float32 for t in tracked)

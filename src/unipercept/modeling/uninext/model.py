@@ -229,8 +229,11 @@ class Uninext(nn.Module):
                 "this UNINEXT checkpoint has no template encoder (an image-stage model); SOT "
                 "and VOS need a video (stage-3) checkpoint"
             )
+        dtype = self.input_proj[0][0].weight.dtype
+        if isinstance(prior, Tensor):
+            prior = prior.to(dtype)
         return self.template.encode_prompt(
-            image, box_xyxy, self.input_proj, prior=prior, image_pad_mask=image_padding
+            image.to(dtype), box_xyxy, self.input_proj, prior=prior, image_pad_mask=image_padding
         )
 
     def features(self, images: Tensor, padding: Tensor) -> MultiScaleFeatures:
@@ -274,6 +277,7 @@ class Uninext(nn.Module):
             templates) instead of against every token (category names).
         with_masks, with_embeddings: compute the mask logits / re-id embeddings.
         """
+        images = images.to(self.input_proj[0][0].weight.dtype)  # a bf16 / fp16 model too
         divisor = self.size_divisibility
         if divisor and (images.shape[-2] % divisor or images.shape[-1] % divisor):
             raise ValueError(

@@ -199,6 +199,9 @@ def select_detections(
         :meth:`UninextDetections.with_masks` and :func:`binary_masks`).
     """
     num_classes = cls_logits.shape[-1]
+    # A bf16 / fp16 model's outputs are scored in float32 (a no-op for float32 ones).
+    cls_logits, boxes_cxcywh = cls_logits.float(), boxes_cxcywh.float()
+    iou_logits = iou_logits.float() if iou_logits is not None else None
     scores = query_scores(cls_logits, iou_logits)  # (Q, K)
     keep = nms_per_best_class(scores, boxes_cxcywh, nms_iou)  # (Q',)
     values, flat_indexes = top_k_over_classes(scores[keep], top_k)  # (k,), (k,)

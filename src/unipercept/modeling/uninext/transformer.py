@@ -120,7 +120,8 @@ class UninextDecoder(nn.Module):
         hidden, refined = [], []
         for layer, box_head in zip(self.layers, box_heads, strict=False):
             per_level = reference[:, :, None] * ratios[:, None]  # (B, Q, L, 4)
-            position = self.ref_point_head(box_sine_embedding(per_level[:, :, 0]))  # (B, Q, C)
+            sine = box_sine_embedding(per_level[:, :, 0]).to(x.dtype)  # (B, Q, 2C)
+            position = self.ref_point_head(sine)  # (B, Q, C)
             x = layer(x, position, per_level, memory, features, None)
             boxes = (box_head(x) + inverse_sigmoid(reference)).sigmoid()  # (B, Q, 4)
             hidden.append(x)

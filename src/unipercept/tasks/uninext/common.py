@@ -10,6 +10,7 @@ return to the original pixels.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,7 +114,7 @@ def run_model(
         pooled, with_masks, with_embeddings: as :meth:`Uninext.forward`.
     """
     batch_size = images.tensor.shape[0]
-    return model(
+    output = model(
         images.tensor,
         ~images.valid,
         list(images.image_sizes),
@@ -122,6 +123,16 @@ def run_model(
         pooled=pooled,
         with_masks=with_masks,
         with_embeddings=with_embeddings,
+    )
+    if output.logits.dtype == torch.float32:
+        return output
+    # A bf16 / fp16 model: results are scored and reported in float32.
+    return dataclasses.replace(
+        output,
+        logits=output.logits.float(),
+        boxes=output.boxes.float(),
+        iou_logits=output.iou_logits.float(),
+        embeddings=None if output.embeddings is None else output.embeddings.float(),
     )
 
 
