@@ -534,3 +534,16 @@ def test_a_bf16_model_runs_and_reports_float32(uninext_model, uninext_case) -> N
     with predictor.start("vis", case.meta["categories"]) as session:
         tracked = [session.step(frame) for frame in (first, second)]
     assert all(t.scores.dtype == torch.float32 for t in tracked)
+
+
+def test_annotations_must_fit_the_video(video_predictor, uninext_case) -> None:  # noqa: F811
+    case = uninext_case("vos")
+    frame = original_frame(case["input.frame0_image"])  # 192x256
+    prompt = AnnotationPrompt(frame, mask=case["input.prompt_mask_orig"].bool())
+    small = AnnotationPrompt(frame[:, :96, :128], box=[4.0, 4.0, 40.0, 40.0])
+    with pytest.raises(ValueError, match=r"prompts\[1\] annotates a 128x96 frame"):
+        video_predictor.start("vos", [prompt, small])
+    for task, prompts in (("sot", [small]), ("vos", [small])):
+        session = video_predictor.start(task, prompts)
+        with pytest.raises(ValueError, match="frame 0 is 256x192"):
+            session.step(frame)

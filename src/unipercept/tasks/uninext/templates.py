@@ -84,6 +84,8 @@ class UninextSotSession(VideoSession):
         update_threshold: float,
     ) -> None:
         super().__init__(model=model, preprocess=preprocess)
+        # Every frame stepped, the first too, must have the annotated frame's size.
+        self.frame_size = prompt.image_size
         self.box = prompt.box  # (4,) xyxy in the first frame's pixels
         self.score_threshold = score_threshold
         self.online_update = online_update
@@ -176,6 +178,15 @@ class UninextVosSession(VideoSession):
         super().__init__(model=model, preprocess=preprocess)
         if not prompts:
             raise ValueError("prompts is empty: give one AnnotationPrompt per object")
+        for index, prompt in enumerate(prompts[1:], start=1):
+            if prompt.image_size != prompts[0].image_size:
+                raise ValueError(
+                    f"prompts[{index}] annotates a {prompt.image_size[1]}x"
+                    f"{prompt.image_size[0]} frame, prompts[0] a {prompts[0].image_size[1]}x"
+                    f"{prompts[0].image_size[0]} one: all objects are annotated in the first frame"
+                )
+        # Every frame stepped, the first too, must have the annotated frame's size.
+        self.frame_size = prompts[0].image_size
         self.boxes = torch.stack([p.box for p in prompts])  # (K, 4) first-frame pixels
         self.score_threshold = score_threshold
         self.update_threshold = update_threshold
