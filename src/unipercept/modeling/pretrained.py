@@ -198,7 +198,7 @@ def save_pretrained(
     """
     from omegaconf import OmegaConf
 
-    _check_destination(Path(folder))
+    check_destination(Path(folder))
     config = config if config is not None else getattr(model, "config", None)
     if config is None:
         raise ValueError(
@@ -256,7 +256,7 @@ def save_pretrained(
     }
 
     folder = Path(folder)
-    _check_destination(folder)
+    check_destination(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
@@ -281,7 +281,7 @@ def save_pretrained(
     return folder
 
 
-def _check_destination(folder: Path) -> None:
+def check_destination(folder: Path) -> None:
     """Refuses a destination whose content save_pretrained did not write."""
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} is a file; save_pretrained writes a folder")

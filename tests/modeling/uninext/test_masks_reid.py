@@ -13,6 +13,7 @@ from torch.testing import assert_close
 
 from tests.modeling.uninext.conftest import strip_prefix
 from unipercept.modeling.outputs import MultiScaleFeatures
+from unipercept.modeling.uninext.checkpoint import to_our_names
 from unipercept.modeling.uninext.masks import (
     UninextMaskBranch,
     aligned_bilinear,
@@ -20,14 +21,36 @@ from unipercept.modeling.uninext.masks import (
     memory_to_maps,
     reference_points_to_pixels,
 )
-from unipercept.modeling.uninext.reid import (
-    UninextReidHead,
-    box_sine_embedding,
-    convert_reid_state_dict,
-    valid_ratios_from_padding,
-)
+from unipercept.modeling.uninext.reid import UninextReidHead, box_sine_embedding
 
 REID_PREFIX = "detr.reid_embed_head."
+
+
+def reid_weights(uninext: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The re-id head's UNINEXT weights under the head's own names (the converter's rules)."""
+    return strip_prefix(to_our_names(uninext), "reid_head.")
+
+
+def valid_ratios_from_padding(pad_masks: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+    """Fraction of every level that the image covers, as UNINEXT's ``get_valid_ratio``
+    (``deformable_transformer_dino.py:164``): valid rows counted in the first column, valid
+    columns in the first row.
+
+    Args:
+        pad_masks: one (B, h_l, w_l) bool mask per level, True on padding.
+
+    Returns:
+        (B, L, 2) ratios (w, h).
+    """
+    ratios = []
+    for mask in pad_masks:
+        _, height, width = mask.shape
+        valid_height = (~mask[:, :, 0]).sum(1).float() / height
+        valid_width = (~mask[:, 0, :]).sum(1).float() / width
+        ratios.append(torch.stack((valid_width, valid_height), -1))
+    return torch.stack(ratios, 1)
+
+
 # (case, prefix of its recorded names): the mask branch is recorded for these passes.
 MASK_CASES = [("det", ""), ("grounding", ""), ("sot", "search_online.")]
 
@@ -62,7 +85,8 @@ def reid_head(uninext_weights: dict[str, Tensor], uninext_config: dict) -> Unine
         num_points=reid["n_points"],
     )
     head.load_state_dict(
-        convert_reid_state_dict(strip_prefix(uninext_weights, REID_PREFIX)), strict=True
+        reid_weights({k: v for k, v in uninext_weights.items() if k.startswith(REID_PREFIX)}),
+        strict=True,
     )
     return head.eval()
 
@@ -216,8 +240,8 @@ def test_convert_full_size_reid_keys(uninext_dir: Path):
         key, shape, _ = line.split("\t")
         if key.startswith(REID_PREFIX):
             size = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-            uninext[key[len(REID_PREFIX) :]] = torch.empty(size, device="meta")
-    converted = convert_reid_state_dict(uninext)
+            uninext[key] = torch.empty(size, device="meta")
+    converted = reid_weights(uninext)
     with torch.device("meta"):
         head = UninextReidHead(num_layers=2, ffn_dim=2048, num_points=4)
     expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}

@@ -109,9 +109,9 @@ def convert_uninext(
     Returns:
         The folder.
     """
-    from unipercept.modeling.pretrained import _check_destination, save_pretrained
+    from unipercept.modeling.pretrained import check_destination, save_pretrained
 
-    _check_destination(Path(folder))  # before the (slow) load
+    check_destination(Path(folder))  # before the (slow) load
     model = load_uninext_checkpoint(
         checkpoint,
         image_size=image_size,

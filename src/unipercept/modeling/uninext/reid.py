@@ -14,15 +14,13 @@ the cross-attention runs with ``src_padding_mask=None``: padded memory tokens ar
 (``ddetrs_dn.py:451-453``). The fixture confirms this on its zero-padded image.
 
 The layers reuse the project's :class:`~unipercept.modeling.deformable_transformer.DecoderLayer`;
-UNINEXT's checkpoint keys map onto it with :data:`KEY_RENAMES` and
-:func:`convert_reid_state_dict`.
+UNINEXT's checkpoint keys map onto it by :mod:`unipercept.modeling.uninext.checkpoint`'s rules.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 import torch
 from torch import Tensor, nn
@@ -30,51 +28,6 @@ from torch import Tensor, nn
 from unipercept.modeling.deformable_transformer import DecoderLayer
 from unipercept.modeling.heads import MLP
 from unipercept.modeling.outputs import MultiScaleFeatures
-
-#: UNINEXT key (relative to ``detr.reid_embed_head.``) -> this module's key. The first pattern
-#: that matches decides; UNINEXT's ``norm2`` follows self-attention and ``norm1``
-#: cross-attention, the other way round from the project's layer. ``self_attn.in_proj_*`` are
-#: not renamed but split into ``q_proj``/``k_proj``/``v_proj`` by
-#: :func:`convert_reid_state_dict`.
-KEY_RENAMES: list[tuple[str, str]] = [
-    (r"^0\.layers\.(\d+)\.norm1\.", r"layers.\1.norm2."),
-    (r"^0\.layers\.(\d+)\.norm2\.", r"layers.\1.norm1."),
-    (r"^0\.layers\.(\d+)\.linear1\.", r"layers.\1.ffn.fc1."),
-    (r"^0\.layers\.(\d+)\.linear2\.", r"layers.\1.ffn.fc2."),
-    (r"^0\.", ""),  # cross_attn.*, self_attn.out_proj.*, norm3.*, ref_point_head.*
-    (r"^1\.", "embed."),
-]
-
-_IN_PROJ = re.compile(r"^0\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)$")
-
-
-def convert_reid_state_dict(uninext_sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """UNINEXT's re-id head weights -> :class:`UninextReidHead`'s.
-
-    Args:
-        uninext_sd: the entries under ``detr.reid_embed_head.`` with that prefix removed
-            (``0.layers.{i}.*``, ``0.ref_point_head.*``, ``1.layers.{j}.*``).
-
-    Returns:
-        a state dict for :class:`UninextReidHead` (``strict=True`` loadable). The packed
-        ``nn.MultiheadAttention`` projection ``in_proj_*`` (rows q, k, v) is split into
-        ``q_proj``, ``k_proj`` and ``v_proj``.
-    """
-    converted: dict[str, Tensor] = {}
-    for key, value in uninext_sd.items():
-        packed = _IN_PROJ.match(key)
-        if packed:
-            layer, kind = packed.groups()
-            for name, part in zip(("q", "k", "v"), value.chunk(3, dim=0), strict=True):
-                converted[f"layers.{layer}.self_attn.{name}_proj.{kind}"] = part.clone()
-            continue
-        for pattern, replacement in KEY_RENAMES:
-            if re.match(pattern, key):
-                converted[re.sub(pattern, replacement, key, count=1)] = value
-                break
-        else:
-            raise KeyError(f"unexpected key in UNINEXT's re-id head: {key!r}")
-    return converted
 
 
 def box_sine_embedding(boxes: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> Tensor:
@@ -105,26 +58,6 @@ def box_sine_embedding(boxes: Tensor, num_feats: int = 128, temperature: float =
         order = [1, 0, *range(2, boxes.shape[-1])]
         embedded = embedded[..., order, :]  # (B, Q, n, F) with y first
     return embedded.flatten(-2)  # (B, Q, n * F)
-
-
-def valid_ratios_from_padding(pad_masks: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
-    """Fraction of every level that the image covers, as UNINEXT's ``get_valid_ratio``
-    (``deformable_transformer_dino.py:164``): valid rows counted in the first column, valid
-    columns in the first row.
-
-    Args:
-        pad_masks: one (B, h_l, w_l) bool mask per level, True on padding.
-
-    Returns:
-        (B, L, 2) ratios (w, h).
-    """
-    ratios = []
-    for mask in pad_masks:
-        _, height, width = mask.shape
-        valid_height = (~mask[:, :, 0]).sum(1).float() / height
-        valid_width = (~mask[:, 0, :]).sum(1).float() / width
-        ratios.append(torch.stack((valid_width, valid_height), -1))
-    return torch.stack(ratios, 1)
 
 
 class UninextReidHead(nn.Module):

@@ -155,9 +155,8 @@ class UninextVisSession(_CategorySession):
         size = (int(frame.shape[1]), int(frame.shape[2]))
         batch, output, queries, scores = self._detect(frame)
         best, labels = scores.max(dim=1)  # (N,), (N,)
-        coarse = (
-            self.model.query_mask_logits(output, 0, queries)[:, 0].sigmoid() > 0.5
-        )  # (N, H/4, W/4)
+        mask_logits = self.model.query_mask_logits(output, 0, queries)  # (N, 1, H/4, W/4)
+        coarse = mask_logits[:, 0].sigmoid() > 0.5  # (N, H/4, W/4)
         positions, ids = self.tracker.match(best, coarse, output.embeddings[0][queries])
         reported = positions[ids > -1]  # (M,)
         ids = ids[ids > -1]
@@ -167,7 +166,9 @@ class UninextVisSession(_CategorySession):
             boxes=boxes.cpu(),
             scores=best[reported].cpu(),
             labels=labels[reported].cpu(),
-            masks=self._masks(batch, output, queries[reported], size),
+            masks=masks_to_original(
+                mask_logits[reported], image_size=batch.image_sizes[0], orig_size=size
+            ).cpu(),
             track_ids=ids.cpu() + 1,
         )
         self._summarize(ids.tolist(), scores[reported].cpu())
