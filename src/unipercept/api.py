@@ -9,6 +9,7 @@ with predictor.start("mot", "person") as session:
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -93,7 +94,27 @@ def resolve_task(task: str | Task, *, model: Any = None, **options: Any) -> Task
         return task
     if task not in table:
         raise ValueError(f"unknown task {task!r}; tasks are {sorted(table)}")
+    try:
+        inspect.signature(table[task]).bind(**options)
+    except TypeError:
+        accepted = _options(table[task])
+        unknown = sorted(set(options) - set(accepted))
+        takes = ", ".join(sorted(accepted)) or "no options"
+        raise ValueError(f"task {task!r} takes {takes}; not {', '.join(unknown)}") from None
     return table[task](**options)
+
+
+def _options(cls: type) -> set[str]:
+    """The keyword options a task class takes, following ``**kwargs`` to its bases."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.kind == p.KEYWORD_ONLY}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
 
 
 class Predictor:
