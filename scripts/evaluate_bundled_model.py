@@ -5,7 +5,9 @@
 Generates the world (seed 0, preset "train", as scripts/build_bundled_model.py trains on) under
 ``build/eval/data`` when missing, then runs one ``python -m unipercept.evaluate`` command per
 task on its held-out part: the "val" split of COCO, RefCOCO, DAVIS, MOT/MOTS, YouTube-VIS and
-Ref-YouTube-VOS, and LaSOT's testing set. Each command is printed before it runs; the scores go
+Ref-YouTube-VOS, and LaSOT's testing set. The sot and vos rows also show the copy-first-frame
+baseline (the first frame's box or masks in every frame, ``--model copy-first``), which a model
+must beat to be following anything. Each command is printed before it runs; the scores go
 to ``build/eval/scores/<task>.json`` and the table to stdout (and ``--markdown``).
 """
 
@@ -20,6 +22,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The tasks whose rows also show the copy-first-frame baseline (``evaluate --model copy-first``).
+BASELINE_TASKS = ("sot", "vos")
 
 
 def commands(world: str, out: str, model: str) -> dict[str, list[str]]:
@@ -80,23 +84,35 @@ def main(argv: list[str] | None = None) -> int:
     relative = os.path.relpath(world, REPO)
     out = os.path.relpath(work / "results", REPO)
     (work / "scores").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for task in args.tasks:
-        arguments = [*commands(relative, out, args.model)[task], "--model", args.model]
-        scores_path = work / "scores" / f"{task}.json"
+    data = os.path.relpath(work / "data", REPO)
+
+    def run(task: str, model: str, results: str, scores_path: Path) -> str:
+        """Runs one evaluate command (printed first); its headline scores as text."""
+        arguments = [*commands(relative, results, model)[task], "--model", model]
         arguments += ["--json", os.path.relpath(scores_path, REPO)]
         command = [sys.executable, "-m", "unipercept.evaluate", *arguments]
-        data = os.path.relpath(work / "data", REPO)
         shown = f"UNIPERCEPT_DATA={data} python -m unipercept.evaluate {shlex.join(arguments)}"
         sys.stdout.write(f"$ {shown}\n")
         sys.stdout.flush()
         subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-        label, read = HEADLINES[task]
-        values = read(json.loads(scores_path.read_text()))
-        scores = " / ".join(f"{v:.3f}" for v in values)
+        values = HEADLINES[task][1](json.loads(scores_path.read_text()))
+        return " / ".join(f"{v:.3f}" for v in values)
+
+    rows = []
+    for task in args.tasks:
+        scores = run(task, args.model, out, work / "scores" / f"{task}.json")
+        # What doing nothing scores: the first frame's annotation in every frame.
+        baseline = "-"
+        if task in BASELINE_TASKS:
+            baseline = run(
+                task, "copy-first", f"{out}/copy-first", work / "scores" / f"{task}.copy-first.json"
+            )
         again = f"`python scripts/evaluate_bundled_model.py --tasks {task}`"
-        rows.append(f"| {task} | {label} | {scores} | {again} |")
-    header = ["| task | metric | score | reproduce |", "|---|---|---|---|"]
+        rows.append(f"| {task} | {HEADLINES[task][0]} | {scores} | {baseline} | {again} |")
+    header = [
+        "| task | metric | score | copy-first-frame baseline | reproduce |",
+        "|---|---|---|---|---|",
+    ]
     table = "\n".join([*header, *rows]) + "\n"
     sys.stdout.write(table)
     if args.markdown:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from unipercept.entry import OneLineParser, start
+from unipercept.evaluate.baselines import BASELINE_TASKS, BASELINES
 from unipercept.evaluate.files import TASKS, evaluate_files
 from unipercept.evaluate.image_tasks import predict_coco
 from unipercept.evaluate.predictor import build_predictor
@@ -94,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         default="unipercept-tiny",
         metavar="NAME",
         help="the model that --images/--data runs: a bundled model (default unipercept-tiny), "
-        "a save_pretrained folder, or a conf/model name with --weights",
+        "a save_pretrained folder, a conf/model name with --weights, or copy-first (sot, vos: "
+        "the first frame's annotation in every frame, the baseline to beat)",
     )
     parser.add_argument(
         "--weights",
@@ -201,6 +203,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     """The scores of the parsed command; bad input raises ValueError (or OSError)."""
     sequences = _read_sequences(args.sequences) if args.sequences is not None else None
+    runs_model = args.images is not None or args.data is not None
+    if runs_model and args.model in BASELINES and args.task not in BASELINE_TASKS:
+        raise ValueError(
+            f"the {args.model} baseline answers {' and '.join(BASELINE_TASKS)}, not {args.task}"
+        )
     if args.task in REFERRING_TASKS or (args.task == "rvos" and args.data is not None):
         if args.data is None:
             raise ValueError(f"{args.task} is scored by running a model: give --data")

@@ -26,7 +26,11 @@ def build_predictor(
     from unipercept import config
     from unipercept.api import Predictor, is_uninext
     from unipercept.data.preprocess import ImagePreprocessor
+    from unipercept.evaluate.baselines import BASELINES, CopyFirstPredictor
     from unipercept.modeling.pretrained import META_FILE, bundled_models, load_model
+
+    if model_name in BASELINES:
+        return CopyFirstPredictor()  # type: ignore[return-value]
 
     if model_name in bundled_models() or (Path(model_name) / META_FILE).is_file():
         if weights is not None:
