@@ -32,7 +32,8 @@ def build_predictor(
     if model_name in BASELINES:
         return CopyFirstPredictor()  # type: ignore[return-value]
 
-    if model_name in bundled_models() or (Path(model_name) / META_FILE).is_file():
+    checkpoint = Path(model_name).suffix in (".pth", ".pt") and Path(model_name).is_file()
+    if model_name in bundled_models() or (Path(model_name) / META_FILE).is_file() or checkpoint:
         if weights is not None:
             raise ValueError(
                 f"--weights is for a conf/model name; {model_name} is a pretrained model with "
@@ -45,7 +46,8 @@ def build_predictor(
         if model_name not in options:
             raise ValueError(
                 f"--model {model_name}: not a bundled model ({', '.join(bundled_models())}), "
-                f"a save_pretrained folder, nor a conf/model option ({', '.join(options)})"
+                "a save_pretrained folder, a UNINEXT .pth, nor a conf/model option "
+                f"({', '.join(options)})"
             )
         model = config.instantiate(config.compose_group_option("model", model_name))
         if weights is not None:

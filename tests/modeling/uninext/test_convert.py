@@ -202,3 +202,10 @@ def test_evaluate_runs_a_converted_folder_at_its_sizes(uninext_dir, tmp_path, ca
     assert isinstance(predictor.preprocess, UninextPreprocessor)
     assert (predictor.preprocess.short_size, predictor.video_preprocess.short_size) == (320, 240)
     assert build_predictor(str(folder), None, 200, None).preprocess.short_size == 200
+
+
+def test_evaluate_takes_a_uninext_pth_as_predict_does(uninext_dir) -> None:
+    from unipercept.evaluate.predictor import build_predictor
+
+    predictor = build_predictor(str(uninext_dir / "checkpoint.pth"), None, 96, None)
+    assert isinstance(predictor.model, Uninext) and predictor.preprocess.short_size == 96
