@@ -177,7 +177,7 @@ def test_model_part_configs_build_real_modules():
 def test_unipercept_configs_build_the_model_tasks_and_criterion():
     from unipercept.criterion import UniPerceptCriterion
     from unipercept.modeling import UniPercept
-    from unipercept.tasks import InstanceSegmentationTask, MatrixNMS
+    from unipercept.tasks import BoxNMS, InstanceSegmentationTask, MatrixNMS
 
     model = config.instantiate(config.compose_group_option("model", "unipercept"))
     assert isinstance(model, UniPercept)
@@ -192,7 +192,8 @@ def test_unipercept_configs_build_the_model_tasks_and_criterion():
     ).task
     task = config.instantiate(with_nms)
     assert isinstance(task, InstanceSegmentationTask) and isinstance(task.suppression, MatrixNMS)
-    assert config.instantiate(config.compose_group_option("task", "det")).suppression is None
+    default = config.instantiate(config.compose_group_option("task", "det")).suppression
+    assert isinstance(default, BoxNMS) and default.across_labels and default.iou_threshold == 0.9
     criterion = config.instantiate(config.compose_group_option("criterion", "unipercept"))
     assert isinstance(criterion, UniPerceptCriterion) and criterion.weight_dict["loss_dice"] == 5.0
 

@@ -87,7 +87,7 @@ def test_top_k_limits_results():
     images = resized_batch()
     logits = torch.zeros(1, 5, 3)
     boxes = torch.full((1, 5, 4), 0.5)
-    (result,) = DetectionTask(score_threshold=0.0, top_k=4).postprocess(
+    (result,) = DetectionTask(score_threshold=0.0, top_k=4, suppression=None).postprocess(
         synthetic_output(logits, boxes, images), images
     )
     assert len(result) == 4
@@ -169,3 +169,29 @@ def test_matrix_nms_decays_duplicates_and_drops_below_threshold():
     assert bool((kept.scores[:-1] >= kept.scores[1:]).all())
     with pytest.raises(ValueError, match="needs instances with masks"):
         MatrixNMS()(duplicates().replace(masks=None))
+
+
+def test_one_answer_per_object_by_default() -> None:
+    """The image tasks drop a box that repeats a better-scored one under another name (IoU
+    above 0.9); overlapping but distinct objects and per-name NMS are unchanged."""
+    import torch
+
+    from unipercept.structures import Instances
+    from unipercept.tasks import BoxNMS, DetectionTask, InstanceSegmentationTask
+
+    boxes = torch.tensor(
+        [[0.0, 0, 10, 10], [0, 0, 10, 10], [0.5, 0, 10, 10], [0, 0, 10, 14], [20, 20, 30, 30]]
+    )
+    found = Instances(
+        (40, 40),
+        boxes=boxes,
+        scores=torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]),
+        labels=torch.tensor([0, 1, 2, 0, 1]),
+    )
+    for task in (DetectionTask(), InstanceSegmentationTask()):
+        kept = task.suppression(found)
+        # The same box as "1" and a 0.95-IoU copy as "2" go; the 0.71-IoU box and the far one stay.
+        assert kept.scores.tolist() == pytest.approx([0.9, 0.6, 0.5])
+    per_name = BoxNMS(iou_threshold=0.9)(found)
+    assert len(per_name) == 5
+    assert DetectionTask(suppression=None).suppression is None

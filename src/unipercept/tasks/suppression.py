@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from unipercept.ops import batched_nms, mask_nms, matrix_nms
+from unipercept.ops import batched_nms, mask_nms, matrix_nms, nms
 from unipercept.structures import Instances, RLEMasks
 
 
@@ -20,15 +20,28 @@ def _dense_masks(instances: Instances) -> torch.Tensor:
 
 
 class BoxNMS:
-    """Greedy NMS over boxes within each label."""
+    """Greedy NMS over boxes within each label, or across labels.
 
-    def __init__(self, *, iou_threshold: float = 0.7) -> None:
+    Args:
+        iou_threshold: a box overlapping a better-scored kept one by more is dropped.
+        across_labels: compare boxes whatever their labels, so that one object answered under
+            two names (a query scoring high for both gives two identical boxes) is answered
+            once, under its best name.
+    """
+
+    def __init__(self, *, iou_threshold: float = 0.7, across_labels: bool = False) -> None:
         self.iou_threshold = iou_threshold
+        self.across_labels = across_labels
 
     def __call__(self, instances: Instances) -> Instances:
         if len(instances) == 0:
             return instances
-        keep = batched_nms(instances.boxes, instances.scores, instances.labels, self.iou_threshold)
+        if self.across_labels:
+            keep = nms(instances.boxes, instances.scores, self.iou_threshold)
+        else:
+            keep = batched_nms(
+                instances.boxes, instances.scores, instances.labels, self.iou_threshold
+            )
         return instances[keep]
 
 
