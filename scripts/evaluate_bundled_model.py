@@ -9,6 +9,13 @@ Ref-YouTube-VOS, and LaSOT's testing set. The sot and vos rows also show the cop
 baseline (the first frame's box or masks in every frame, ``--model copy-first``), which a model
 must beat to be following anything. Each command is printed before it runs; the scores go
 to ``build/eval/scores/<task>.json`` and the table to stdout (and ``--markdown``).
+
+For sot and vos a second table shows how well the answer's score separates hits (IoU >= 0.5
+with a visible target) from misses on the held-out frames, read from the scores json's
+``score_separation``: the task's score threshold, precision and recall there, the average
+precision of the score as a hit detector (beside that of a score that is the same for every
+answer), the threshold with the best F1, the fraction of frames whose target is absent, and
+the headline metric at the threshold beside the one reporting every answer.
 """
 
 from __future__ import annotations
@@ -66,12 +73,46 @@ HEADLINES = {
 }
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"  # None or NaN: "-"
+
+
+def separation_row(task: str, model: str, scores: dict) -> str:
+    """One row of the score-separation table, from a sot or vos scores json."""
+    s = scores["score_separation"]
+    metric = HEADLINES[task][0].split(" / ")[0]
+    at = s["metric_at_threshold"] or {}
+    always = s["metric_always_answer"] or {}
+    name = next(iter(at), None)
+    cells = [
+        task,
+        model,
+        f"{s['threshold']:.2f}",
+        _number(s["precision"]),
+        _number(s["recall"]),
+        _number(s["f1"]),
+        f"{_number(s['average_precision'])} ({_number(s['constant_score_average_precision'])})",
+        f"{_number(s['best_f1'])} @ {_number(s['best_f1_threshold'])}",
+        _number(s["absent_fraction"]),
+        f"{metric} {_number(at.get(name))} / {_number(always.get(name))}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+SEPARATION_HEADER = [
+    "| task | model | score threshold | precision | recall | F1 | AP (constant score) "
+    "| best F1 @ threshold | target absent | metric at threshold / always answering |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="unipercept-tiny")
     parser.add_argument("--tasks", nargs="+", default=list(HEADLINES), choices=list(HEADLINES))
     parser.add_argument("--work", default="build/eval", help="world and results (repo-relative)")
-    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument("--threads", type=int, help="CPU threads of each evaluate command")
     args = parser.parse_args(argv)
 
     work = Path(args.work) if Path(args.work).is_absolute() else REPO / args.work
@@ -86,34 +127,45 @@ def main(argv: list[str] | None = None) -> int:
     (work / "scores").mkdir(parents=True, exist_ok=True)
     data = os.path.relpath(work / "data", REPO)
 
-    def run(task: str, model: str, results: str, scores_path: Path) -> str:
-        """Runs one evaluate command (printed first); its headline scores as text."""
+    def run(task: str, model: str, results: str, scores_path: Path) -> dict:
+        """Runs one evaluate command (printed first); its scores json."""
         arguments = [*commands(relative, results, model)[task], "--model", model]
         arguments += ["--json", os.path.relpath(scores_path, REPO)]
+        if args.threads is not None:
+            arguments += ["--threads", str(args.threads)]
         command = [sys.executable, "-m", "unipercept.evaluate", *arguments]
         shown = f"UNIPERCEPT_DATA={data} python -m unipercept.evaluate {shlex.join(arguments)}"
         sys.stdout.write(f"$ {shown}\n")
         sys.stdout.flush()
         subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-        values = HEADLINES[task][1](json.loads(scores_path.read_text()))
-        return " / ".join(f"{v:.3f}" for v in values)
+        return json.loads(scores_path.read_text())
 
-    rows = []
+    def headline(task: str, scores: dict) -> str:
+        return " / ".join(f"{v:.3f}" for v in HEADLINES[task][1](scores))
+
+    rows, separation = [], []
     for task in args.tasks:
         scores = run(task, args.model, out, work / "scores" / f"{task}.json")
         # What doing nothing scores: the first frame's annotation in every frame.
         baseline = "-"
         if task in BASELINE_TASKS:
-            baseline = run(
+            copied = run(
                 task, "copy-first", f"{out}/copy-first", work / "scores" / f"{task}.copy-first.json"
             )
+            baseline = headline(task, copied)
+            separation.append(separation_row(task, args.model, scores))
+            separation.append(separation_row(task, "copy-first", copied))
         again = f"`python scripts/evaluate_bundled_model.py --tasks {task}`"
-        rows.append(f"| {task} | {HEADLINES[task][0]} | {scores} | {baseline} | {again} |")
+        rows.append(
+            f"| {task} | {HEADLINES[task][0]} | {headline(task, scores)} | {baseline} | {again} |"
+        )
     header = [
         "| task | metric | score | copy-first-frame baseline | reproduce |",
         "|---|---|---|---|---|",
     ]
     table = "\n".join([*header, *rows]) + "\n"
+    if separation:
+        table += "\n" + "\n".join([*SEPARATION_HEADER, *separation]) + "\n"
     sys.stdout.write(table)
     if args.markdown:
         args.markdown.write_text(table, encoding="utf-8")

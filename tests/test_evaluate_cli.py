@@ -142,7 +142,7 @@ class _EchoSession:
 
 
 class _EchoPredictor:
-    def start(self, task, prompt):
+    def start(self, task, prompt, **options):
         return _EchoSession()
 
 

@@ -34,11 +34,19 @@ overall and mean IoU.
 Prints the scores; ``--json PATH`` also writes them (atomically). Bad input exits with status 2
 and one line naming the file and entry.
 
+sot and vos with ``--images`` also report ``score_separation``: how well the answer's score
+separates hits (IoU >= 0.5 with a visible target) from misses on the frames after the first:
+precision and recall at the task's ``score_threshold`` and along a curve of thresholds, the
+average precision of the score as a hit detector, the best-F1 threshold, the fraction of
+target-absent frames, and the headline metric at the threshold beside the one reporting every
+answer (:mod:`unipercept.evaluation.score_separation` defines them).
+
 The package, by concern: :mod:`~unipercept.evaluate.cli` (the command line),
 :mod:`~unipercept.evaluate.files` (scoring result files), :mod:`~unipercept.evaluate.predictor`
 (the model that ``--images`` and ``--data`` run), :mod:`~unipercept.evaluate.image_tasks` (det
 and insseg ``--images``), :mod:`~unipercept.evaluate.video_tasks` (vos, sot, mot, mots and vis
-``--images``) and :mod:`~unipercept.evaluate.referring` (rec, res and rvos ``--data``).
+``--images``), :mod:`~unipercept.evaluate.answers` (the sot and vos answers kept with their
+scores) and :mod:`~unipercept.evaluate.referring` (rec, res and rvos ``--data``).
 Importing it loads no torch, Hydra or metric library: each function imports what it needs when
 called, so ``--help`` and argument errors answer at once.
 """

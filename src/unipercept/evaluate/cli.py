@@ -15,7 +15,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unipercept.entry import OneLineParser, start
 from unipercept.evaluate.baselines import BASELINE_TASKS, BASELINES
@@ -24,6 +24,9 @@ from unipercept.evaluate.image_tasks import predict_coco
 from unipercept.evaluate.predictor import build_predictor
 from unipercept.evaluate.referring import evaluate_referring, evaluate_rvos_model
 from unipercept.evaluate.video_tasks import predict_mot, predict_sot, predict_vis, predict_vos
+
+if TYPE_CHECKING:
+    from unipercept.evaluate.answers import AnswerLog
 
 logger = logging.getLogger(__name__)
 
@@ -149,16 +152,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _number(value: float, digits: int = 6) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
+
+
 def _format(scores: dict, indent: str = "") -> str:
-    """The scores as indented ``key: value`` lines."""
+    """The scores as indented ``key: value`` lines (a list of numbers, such as a curve, on one
+    line to 3 decimals)."""
     lines = []
     for key, value in scores.items():
         if isinstance(value, dict):
             lines.append(f"{indent}{key}:\n{_format(value, indent + '  ')}")
         elif isinstance(value, float):
-            lines.append(
-                f"{indent}{key}: {value:.6f}" if math.isfinite(value) else f"{indent}{key}: nan"
-            )
+            lines.append(f"{indent}{key}: {_number(value)}")
+        elif isinstance(value, list) and all(isinstance(v, float) for v in value):
+            lines.append(f"{indent}{key}: {' '.join(_number(v, 3) for v in value)}")
         else:
             lines.append(f"{indent}{key}: {value}")
     return "\n".join(lines)
@@ -218,15 +226,18 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return evaluate_referring(args.task, args.data, predictor, args.data_override)
     if args.gt is None or args.results is None:
         raise ValueError(f"{args.task} needs --gt and --results")
-    if args.images is not None:
-        _run_model(args, sequences)
-    return evaluate_files(
+    answers = _run_model(args, sequences) if args.images is not None else None
+    scores = evaluate_files(
         args.task, args.gt, args.results, preprocess=not args.mot15, sequences=sequences
     )
+    if answers is not None:
+        scores["score_separation"] = answers.report(scores)
+    return scores
 
 
-def _run_model(args: argparse.Namespace, sequences: Sequence[str] | None) -> None:
-    """``--images``: runs the model and writes ``--results`` for the task."""
+def _run_model(args: argparse.Namespace, sequences: Sequence[str] | None) -> AnswerLog | None:
+    """``--images``: runs the model and writes ``--results`` for the task; for sot and vos,
+    returns every answer with its score (see :mod:`unipercept.evaluate.answers`)."""
     if args.task not in IMAGE_RUNNERS:
         raise ValueError(f"--images runs a model for {', '.join(IMAGE_RUNNERS)}, not {args.task}")
     if args.task in ("det", "insseg"):
@@ -240,17 +251,18 @@ def _run_model(args: argparse.Namespace, sequences: Sequence[str] | None) -> Non
             short_size=args.short_size,
             max_size=args.max_size,
         )
-        return
+        return None
     predictor = build_predictor(args.model, args.weights, args.short_size, args.max_size)
     if args.task == "vos":
-        predict_vos(args.gt, args.images, args.results, predictor, sequences)
-    elif args.task == "vis":
+        return predict_vos(args.gt, args.images, args.results, predictor, sequences)
+    if args.task == "sot":
+        return predict_sot(args.images, args.results, predictor, sequences)
+    if args.task == "vis":
         predict_vis(args.gt, args.images, args.results, predictor)
-    elif args.task == "sot":
-        predict_sot(args.images, args.results, predictor, sequences)
     else:
         with_masks = args.task == "mots"
         predict_mot(args.images, args.results, predictor, args.categories, with_masks)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,8 +12,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from unipercept.evaluate.answers import (
+    AnswerLog,
+    answering_options,
+    sot_always_answer,
+    sot_answers,
+    vos_always_answer,
+    vos_answers,
+)
+
 if TYPE_CHECKING:
+    import numpy as np
+
     from unipercept.api import Predictor
+    from unipercept.structures import Instances
 
 
 def _frames(folder: Path, sequence: str) -> list[Path]:
@@ -32,28 +44,51 @@ def _frames(folder: Path, sequence: str) -> list[Path]:
     return frames
 
 
+def _label_map(found: Instances, ids: Sequence[int], binary: bool) -> np.ndarray:
+    """(H, W) uint8 the objects of ``found`` painted with their ground-truth indices (1 for a
+    binary sequence), lower scores first, so that the most confident object owns an overlap."""
+    import numpy as np
+    import torch
+
+    out = np.zeros(found.image_size, dtype=np.uint8)
+    for k in torch.argsort(found.scores).tolist():
+        label = 1 if binary else ids[int(found.track_ids[k]) - 1]
+        out[found.masks[k].numpy()] = label
+    return out
+
+
 def predict_vos(
     gt: Path,
     images: Path,
     results: Path,
     predictor: Predictor,
     sequences: Sequence[str] | None = None,
-) -> Path:
+) -> AnswerLog:
     """Runs VOS on DAVIS-style folders: each sequence's objects are given by the first
     ground-truth PNG (the one named as the sequence's first frame), followed through the frames
     of ``images/<seq>/``, and written as palette PNG folders ``results/<seq>/`` (each
-    atomically)."""
+    atomically).
+
+    Returns:
+        Every object's answer in every later frame with a ground-truth PNG, with its score
+        (also below the task's threshold) and whether it is a hit (mask IoU >= 0.5 with a
+        visible object), and the J&F of label maps that report every answer (see
+        :mod:`unipercept.evaluate.answers`).
+    """
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from unipercept.data.io import load_image, load_index_png
-    from unipercept.evaluation.davis import VOID, write_index_folder
+    from unipercept.evaluation.davis import VOID, VosResult, read_index_folder, write_index_folder
     from unipercept.structures import AnnotationPrompt
 
     if not gt.is_dir():
         raise ValueError(f"ground-truth folder {gt} does not exist")
     names = sorted(p.name for p in gt.iterdir() if p.is_dir()) if sequences is None else sequences
+    threshold, options = answering_options(predictor, "vos")
+    log = AnswerLog(threshold)
+    always: list | None = []  # every object's DAVIS scores, reporting every answer
     for name in tqdm(names, desc="vos", unit="sequence"):
         frames = _frames(images / name, name)
         first = gt / name / f"{frames[0].stem}.png"
@@ -65,34 +100,52 @@ def predict_vos(
         ids = [VOID] if binary else [v for v in values if v != VOID]
         if not ids:
             raise ValueError(f"{first}: the first frame annotates no object")
+        truth = read_index_folder(gt / name)
         image = load_image(frames[0])
         prompts = [AnnotationPrompt(image, mask=torch.from_numpy(index == i)) for i in ids]
         written: dict[str, np.ndarray] = {}
-        with predictor.start("vos", prompts) as session:
-            for path in frames:
+        answered: dict[str, np.ndarray] = {}
+        with predictor.start("vos", prompts, **options) as session:
+            for t, path in enumerate(frames):
                 found = session.step(load_image(path))
-                out = np.zeros(found.image_size, dtype=np.uint8)
-                # Lower scores first, so the most confident object owns an overlap.
-                for k in torch.argsort(found.scores).tolist():
-                    label = 1 if binary else ids[int(found.track_ids[k]) - 1]
-                    out[found.masks[k].numpy()] = label
-                written[path.stem] = out
+                written[path.stem] = _label_map(found[found.scores >= threshold], ids, binary)
+                answered[path.stem] = _label_map(found, ids, binary)
+                if t > 0 and path.stem in truth:
+                    answers = {
+                        int(track): (float(score), mask.numpy())
+                        for track, score, mask in zip(
+                            found.track_ids, found.scores, found.masks, strict=True
+                        )
+                    }
+                    source = str(gt / name / f"{path.stem}.png")
+                    vos_answers(log, truth[path.stem], ids, binary, answers, source)
         write_index_folder(results / name, written)
-    return results
+        scored = vos_always_answer(truth, answered, name)
+        always = None if always is None or scored is None else [*always, *scored]
+    if always:
+        log.always_answer = {"J&F": VosResult(tuple(always)).j_and_f}
+    return log
 
 
 def predict_sot(
     gt: Path, results: Path, predictor: Predictor, sequences: Sequence[str] | None = None
-) -> Path:
+) -> AnswerLog:
     """Runs SOT on a LaSOT-style folder: each sequence folder (the one holding
     ``groundtruth.txt``) has its frames in ``img/``; the first ground-truth box starts the
     tracker; ``results/<sequence>.txt`` gets one ``x,y,w,h`` per frame (0,0,0,0 where the
-    target is reported absent), each file atomically."""
+    target is reported absent), each file atomically.
+
+    Returns:
+        The answer in every later frame, with its score (also below the task's threshold)
+        and whether it is a hit (box IoU >= 0.5 with a target the sequence's own ground truth
+        marks present and visible), and the LaSOT scores of the answers reported in every
+        frame (see :mod:`unipercept.evaluate.answers`).
+    """
     import numpy as np
     from tqdm import tqdm
 
     from unipercept.data.io import load_image
-    from unipercept.evaluation.sot import read_boxes_txt, write_boxes_txt
+    from unipercept.evaluation.sot import load_lasot_sequence, write_boxes_txt
     from unipercept.structures import AnnotationPrompt
 
     if not gt.is_dir():
@@ -102,20 +155,30 @@ def predict_sot(
         raise ValueError(f"{gt}: no sequence folder holds a groundtruth.txt")
     if sequences is not None:
         folders = [f for f in folders if f.name in set(sequences)]
+    threshold, options = answering_options(predictor, "sot")
+    log = AnswerLog(threshold)
+    truths, answered = {}, {}
     for folder in tqdm(folders, desc="sot", unit="sequence"):
-        x, y, w, h = read_boxes_txt(folder / "groundtruth.txt")[0]
+        truth = load_lasot_sequence(folder)
+        x, y, w, h = truth.boxes[0]
         frames = _frames(folder / "img", folder.name)
         first = load_image(frames[0])
         prompt = AnnotationPrompt(first, box=[x, y, x + w, y + h])
-        boxes = np.zeros((len(frames), 4))
-        with predictor.start("sot", prompt) as session:
+        boxes = np.zeros((len(frames), 4))  # (T, 4) xywh, the best candidates
+        scores = np.full(len(frames), -np.inf)  # (T,)
+        with predictor.start("sot", prompt, **options) as session:
             for t, path in enumerate(frames):
                 found = session.step(first if t == 0 else load_image(path))
                 if len(found):
                     x0, y0, x1, y1 = found.boxes[0].tolist()
                     boxes[t] = (x0, y0, x1 - x0, y1 - y0)
-        write_boxes_txt(results / f"{folder.name}.txt", boxes)
-    return results
+                    scores[t] = float(found.scores[0])
+        reported = (scores >= threshold)[:, None]  # (T, 1)
+        write_boxes_txt(results / f"{folder.name}.txt", np.where(reported, boxes, 0.0))
+        sot_answers(log, truth, boxes, scores)
+        truths[folder.name], answered[folder.name] = truth, boxes
+    log.always_answer = sot_always_answer(truths, answered)
+    return log
 
 
 def predict_mot(

@@ -9,6 +9,9 @@
 | rvos | :mod:`~unipercept.evaluation.rvos` | J&F per expression |
 | mot, mots | :mod:`~unipercept.evaluation.mot` | HOTA, MOTA, IDF1, sMOTSA (TrackEval) |
 | vis | :mod:`~unipercept.evaluation.vis` | YouTube-VIS AP, spatio-temporal mask IoU |
+
+:mod:`~unipercept.evaluation.score_separation` measures, for sot and vos, how well the answer's
+score separates hits from misses (precision and recall at a threshold, AP, best-F1 threshold).
 """
 
 from unipercept.evaluation.coco import CocoResult, coco_results, evaluate_coco, write_coco_results
@@ -21,6 +24,7 @@ from unipercept.evaluation.referring import (
     referring_mask_iou,
 )
 from unipercept.evaluation.rvos import RefYouTubeVosSubmission, evaluate_rvos
+from unipercept.evaluation.score_separation import ScoreSeparation, score_separation
 from unipercept.evaluation.sot import SotResult, evaluate_sot, write_boxes_txt
 from unipercept.evaluation.vis import VisResult, evaluate_vis, write_vis_results
 
@@ -30,6 +34,7 @@ __all__ = [
     "RefYouTubeVosSubmission",
     "ReferringBoxResult",
     "ReferringMaskResult",
+    "ScoreSeparation",
     "SotResult",
     "VisResult",
     "VosResult",
@@ -43,6 +48,7 @@ __all__ = [
     "evaluate_vos",
     "referring_box_precision",
     "referring_mask_iou",
+    "score_separation",
     "write_boxes_txt",
     "write_coco_results",
     "write_index_folder",

@@ -160,7 +160,9 @@ def load_lasot_sequence(sequence_dir: str | os.PathLike) -> SotSequence:
     return SotSequence(boxes=boxes, visible=visible, source=str(gt_path))
 
 
-def _box_iou_xywh(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+def box_iou_xywh(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """(T,) the IoU of (T, 4) xywh boxes with (T, 4) others, row by row (0 where both are
+    empty)."""
     top_left = np.maximum(pred[:, :2], true[:, :2])
     bottom_right = np.minimum(pred[:, :2] + pred[:, 2:], true[:, :2] + true[:, 2:])
     inter = np.clip(bottom_right - top_left, 0.0, None).prod(axis=1)  # (T,)
@@ -172,6 +174,22 @@ def _box_iou_xywh(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
 def _centers(boxes: np.ndarray) -> np.ndarray:
     # pytracking's pixel-index centre x + (w - 1) / 2; the -1 cancels in every difference.
     return boxes[:, :2] + 0.5 * (boxes[:, 2:] - 1.0)
+
+
+def valid_frames(truth: SotSequence) -> np.ndarray:
+    """(T,) bool: the frames whose target is present, of positive size and visible (the
+    frames a tracker can succeed on; see the module docstring).
+
+    Raises:
+        ValueError: visibility flags that are not one per frame.
+    """
+    gt = np.asarray(truth.boxes, dtype=np.float64)
+    visible = np.ones(len(gt), dtype=bool) if truth.visible is None else truth.visible
+    visible = np.asarray(visible, dtype=bool)
+    if visible.shape != (len(gt),):
+        raise ValueError(f"{truth.source}: {visible.shape} visibility flags for {len(gt)} frames")
+    gt_present = ~np.isnan(gt).any(axis=1)
+    return gt_present & (np.nan_to_num(gt[:, 2:]) > 0).all(axis=1) & visible
 
 
 def evaluate_sot_sequence(
@@ -211,14 +229,10 @@ def evaluate_sot_sequence(
             pred[frame] = pred[frame - 1]
     pred[0] = gt[0]
 
-    visible = np.ones(len(gt), dtype=bool) if truth.visible is None else truth.visible
-    visible = np.asarray(visible, dtype=bool)
-    if visible.shape != (len(gt),):
-        raise ValueError(f"{truth.source}: {visible.shape} visibility flags for {len(gt)} frames")
-    valid = gt_present & (np.nan_to_num(gt[:, 2:]) > 0).all(axis=1) & visible
+    valid = valid_frames(truth)
     safe_gt = np.where(valid[:, None], gt, 1.0)  # keeps invalid rows from producing NaN
 
-    overlap = np.where(valid, _box_iou_xywh(pred, safe_gt), -1.0)  # (T,)
+    overlap = np.where(valid, box_iou_xywh(pred, safe_gt), -1.0)  # (T,)
     offset = _centers(pred) - _centers(safe_gt)  # (T, 2)
     center_error = np.where(valid, np.linalg.norm(offset, axis=1), np.inf)  # (T,)
     normalized_error = np.where(valid, np.linalg.norm(offset / safe_gt[:, 2:], axis=1), np.inf)
