@@ -78,7 +78,10 @@ def tiny_unipercept(
     annotation: bool = True,
     prompt_conditioned_queries: bool = False,
     num_queries: int = 10,
+    annotation_encoder: str = "pooled",
 ):
+    """``annotation_encoder="template"`` gives the annotation prompts a random MobileNetV2
+    (the template path shares the image neck, so its channels must match)."""
     from unipercept.modeling import build_unipercept
     from unipercept.modeling.backbone import MobileNetV2
 
@@ -86,7 +89,14 @@ def tiny_unipercept(
     return build_unipercept(
         backbone=backbone,
         text_encoder=tiny_text_encoder(),
-        annotation_backbone=tiny_backbone() if annotation else None,
+        annotation_backbone=(
+            None
+            if not annotation
+            else MobileNetV2(out_strides=(8, 16, 32))
+            if annotation_encoder == "template"
+            else tiny_backbone()
+        ),
+        annotation_encoder=annotation_encoder,
         hidden_dim=32,
         num_queries=num_queries,
         encoder_layers=1,
@@ -98,6 +108,8 @@ def tiny_unipercept(
         two_stage=two_stage,
         mask_channels=32,
         embedding_dim=16,
-        annotation_crop_size=64,
+        # 128 for templates: at 64 the coarsest level is 1 x 1, too small for GroupNorm at width
+        # 32 and batch 1.
+        annotation_crop_size=128 if annotation_encoder == "template" else 64,
         prompt_conditioned_queries=prompt_conditioned_queries,
     )

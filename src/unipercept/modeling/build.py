@@ -21,6 +21,7 @@ from unipercept.modeling.prompt import (
     AnnotationPromptEncoder,
     CategoryPromptEncoder,
     ExpressionPromptEncoder,
+    TemplatePromptEncoder,
     TextEncoder,
 )
 from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
@@ -163,6 +164,7 @@ def build_unipercept(
     embedding_dim: int = 256,
     annotation_crop_size: int = 128,
     annotation_context: float = 2.0,
+    annotation_encoder: str = "pooled",
     train_only_mask_branch: bool = False,
 ) -> UniPercept:
     """The prompt-driven model with UNINEXT's defaults (two-stage, box refinement, one Bi-XAtt
@@ -173,6 +175,11 @@ def build_unipercept(
         text_encoder: serves category and expression prompts (None: neither).
         annotation_backbone: a second backbone for annotation prompts (None: no SOT/VOS);
             its first convolution is extended with the prior channel.
+        annotation_encoder: ``"template"``: UNINEXT's template path
+            (:class:`~unipercept.modeling.prompt.TemplatePromptEncoder`: the image neck's
+            projections, levels fused at the finest, one token per position); ``"pooled"``:
+            the earlier encoder with its own projections, each level pooled to 4x4 tokens
+            (the default, so folders saved before the option keep loading).
         fusion_layers: Bi-XAtt layers (0 disables early fusion).
         train_only_mask_branch: Mask Frozen-DETR mode (see :meth:`UniPercept.freeze_detector`).
 
@@ -207,7 +214,21 @@ def build_unipercept(
         prompt_encoders["category"] = CategoryPromptEncoder(text=text_encoder)
         prompt_encoders["expression"] = ExpressionPromptEncoder(text=text_encoder)
     if annotation_backbone is not None:
-        prompt_encoders["annotation"] = AnnotationPromptEncoder(
+        if annotation_encoder not in ("template", "pooled"):
+            raise ValueError(
+                f"annotation_encoder must be 'template' or 'pooled', got {annotation_encoder!r}"
+            )
+        template_channels = tuple(annotation_backbone.out_channels)[-len(neck_channels) :]
+        if annotation_encoder == "template" and template_channels != tuple(neck_channels):
+            raise ValueError(
+                "the template path shares the image neck's projections, so the annotation "
+                f"backbone's maps need the image backbone's channels {tuple(neck_channels)}, "
+                f"got {tuple(annotation_backbone.out_channels)}"
+            )
+        encoder_class = (
+            TemplatePromptEncoder if annotation_encoder == "template" else AnnotationPromptEncoder
+        )
+        prompt_encoders["annotation"] = encoder_class(
             backbone=annotation_backbone,
             hidden_dim=hidden_dim,
             crop_size=annotation_crop_size,

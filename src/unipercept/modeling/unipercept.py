@@ -108,7 +108,10 @@ class UniPercept(nn.Module):
                 f"this model has no encoder for {kind!r} prompts; it has "
                 f"{sorted(self.prompt_encoders)}"
             )
-        return self.prompt_encoders[kind](prompts, images)
+        encoder = self.prompt_encoders[kind]
+        if getattr(encoder, "uses_neck", False):  # template tokens share the image projections
+            return encoder(prompts, images, neck=self.neck)
+        return encoder(prompts, images)
 
     def forward(
         self, images: ImageBatch, prompts: Sequence[Prompt] | PromptEmbedding

@@ -7,6 +7,12 @@ from unipercept.modeling.prompt.annotation import (
     add_prior_channel,
 )
 from unipercept.modeling.prompt.language import CategoryPromptEncoder, ExpressionPromptEncoder
+from unipercept.modeling.prompt.template import (
+    TemplatePromptEncoder,
+    concat_templates,
+    crop_template,
+    template_embedding,
+)
 from unipercept.modeling.prompt.text import EncodedText, TextEncoder, offline_text_model_path
 
 __all__ = [
@@ -15,7 +21,11 @@ __all__ = [
     "EncodedText",
     "ExpressionPromptEncoder",
     "PriorConv2d",
+    "TemplatePromptEncoder",
     "TextEncoder",
     "add_prior_channel",
+    "concat_templates",
+    "crop_template",
+    "template_embedding",
     "offline_text_model_path",
 ]
