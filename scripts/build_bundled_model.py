@@ -40,11 +40,13 @@ COMMON = [
     "stage.lr=5e-4",
     FROZEN_TEXT,
 ]
-# (stage config, mixture, steps, learning-rate drop at)
+# (stage config, mixture, steps, learning-rate drop at, extra overrides). Following a target
+# from a box or mask is trained from stage 2 on (the synthetic stage-2 mixture has SOT/VOS
+# examples), so the template backbone starts from the image backbone there, not in stage 3.
 STAGES = [
-    ("1_pretrain", "synthetic_stage1", 2500, 2100),
-    ("2_image_joint", "synthetic_stage2", 3000, 2500),
-    ("3_video_joint", "synthetic_stage3", 5000, 4200),
+    ("1_pretrain", "synthetic_stage1", 2500, 2100, []),
+    ("2_image_joint", "synthetic_stage2", 3000, 2500, ["stage.annotation_from_backbone=true"]),
+    ("3_video_joint", "synthetic_stage3", 5000, 4200, ["stage.annotation_from_backbone=false"]),
 ]
 
 
@@ -59,7 +61,7 @@ def train(work: Path, scale: float) -> Path:
     """Runs the three stages; returns the final checkpoint folder."""
     env = {**os.environ, "UNIPERCEPT_DATA": str(work / "data")}
     previous: Path | None = None
-    for name, mixture, steps, milestone in STAGES:
+    for name, mixture, steps, milestone, extra in STAGES:
         steps = max(1, round(steps * scale))
         milestone = min(steps - 1, round(milestone * scale))
         output = work / name
@@ -78,6 +80,7 @@ def train(work: Path, scale: float) -> Path:
             f"stage.init_from={previous}" if previous is not None else "stage.init_from=null",
             f"output_dir={output}",
             "resume=true",
+            *extra,
         ]
         logging.info("%s: training %d steps", name, steps)
         subprocess.run([sys.executable, "-m", "unipercept.train", *overrides], env=env, check=True)

@@ -211,6 +211,9 @@ def _training_data(cfg: DictConfig, context: DistributedContext) -> TrainingData
         pseudo_video=stage.pseudo_video,
         clip_window=stage.clip_window,
         template_gap=stage.template_gap,
+        absent_probability=stage.get("annotation_absent", 0.0),
+        mask_prior_probability=stage.get("annotation_mask_prior", 0.0),
+        search_min_fraction=stage.get("search_min_fraction", 0.5),
     )
     try:
         datasets = {name: instantiate(spec) for name, spec in stage.mixture.datasets.items()}

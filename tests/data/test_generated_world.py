@@ -163,7 +163,7 @@ def test_the_synthetic_data_configs_read_the_generated_world(world, monkeypatch)
     world.root.rename(world.root.parent / "synthetic")
     try:
         names = [n.split("/")[1] for n in config.list_configs() if n.startswith("data/synthetic_")]
-        assert len(names) == 8
+        assert len(names) == 9
         kinds = set()
         for name in names:
             spec = config.instantiate(config.compose_group_option("data", name))

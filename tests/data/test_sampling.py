@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from unipercept.data.sampling import (
+    invisible_frames,
     jitter_box,
     pseudo_video,
     sample_clip_indices,
     sample_template_pair,
+    zoom_crop,
 )
 from unipercept.data.types import Frame, Sample, empty_instances
 from unipercept.structures import Instances, boxes_to_masks
@@ -94,3 +96,54 @@ def test_pseudo_video_moves_objects_and_keeps_identities():
     positions = {tuple(t.boxes[0].round().tolist()) for t in clip.targets}
     assert len(positions) > 1
     assert clip.expressions == ("a box",)
+
+
+def _still(ignore_first: bool = False) -> tuple[torch.Tensor, Instances]:
+    image = torch.randint(0, 255, (3, 80, 120), dtype=torch.uint8, generator=torch.Generator())
+    boxes = torch.tensor([[10.0, 10.0, 30.0, 30.0], [70.0, 40.0, 110.0, 75.0]])
+    return image, Instances(
+        (80, 120),
+        boxes=boxes,
+        labels=torch.tensor([0, 1]),
+        masks=boxes_to_masks(boxes, (80, 120)),
+        track_ids=torch.tensor([1, 2]),
+    )
+
+
+def test_zoom_crops_keep_or_leave_out_the_target_as_asked():
+    image, target = _still()
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        kept = zoom_crop(image, target, 1, generator, min_fraction=0.5)
+        assert kept is not None and kept[0].shape == (3, 80, 120)
+        assert 1 in kept[1].track_ids.tolist()
+        gone = zoom_crop(image, target, 1, generator, min_fraction=0.5, absent=True)
+        if gone is not None:
+            assert 1 not in gone[1].track_ids.tolist() and gone[0].shape == (3, 80, 120)
+    # A target filling the frame cannot be cropped out.
+    whole = Instances(
+        (80, 120),
+        boxes=torch.tensor([[0.0, 0.0, 120.0, 80.0]]),
+        labels=torch.tensor([0]),
+        track_ids=torch.tensor([3]),
+    )
+    assert zoom_crop(image, whole, 3, torch.Generator(), absent=True) is None
+    with pytest.raises(ValueError, match="object 9 is not in the frame"):
+        zoom_crop(image, target, 9, torch.Generator())
+
+
+def test_template_pairs_never_point_at_crowd_regions():
+    _, target = _still()
+    frame = Frame(Path("x.jpg"), target, ignore=torch.tensor([True, False]))
+    sample = Sample("synthetic", "s", (frame,))
+    tracks = {
+        sample_template_pair(sample, 3, torch.Generator().manual_seed(s))[2] for s in range(20)
+    }
+    assert tracks == {2}
+
+
+def test_invisible_frames_are_annotated_frames_without_the_object_near_the_template():
+    sample = video()  # object 2 only in frames 3-4; frame 2 unannotated
+    assert invisible_frames(sample, 2, near=3, max_gap=3) == [0, 1, 5]
+    assert invisible_frames(sample, 2, near=3, max_gap=1) == []
+    assert invisible_frames(sample, 1, near=0, max_gap=5) == []

@@ -55,9 +55,19 @@ def sample_clip_indices(
     return sorted(start + int(i) for i in chosen)
 
 
-def _visible(frame: Frame, track_id: int) -> bool:
+def _track_ids(frame: Frame) -> list[int]:
+    """Identities of the frame's objects a prompt may point at (crowd/ignore regions are not
+    objects)."""
     ids = frame.instances.track_ids
-    return frame.annotated and ids is not None and bool((ids == track_id).any())
+    if not frame.annotated or ids is None:
+        return []
+    if frame.ignore is not None:
+        ids = ids[~frame.ignore]
+    return [int(i) for i in ids.tolist()]
+
+
+def _visible(frame: Frame, track_id: int) -> bool:
+    return track_id in _track_ids(frame)
 
 
 def sample_template_pair(
@@ -72,14 +82,7 @@ def sample_template_pair(
     Raises:
         ValueError: no object of the sample is visible in any annotated frame.
     """
-    tracks = sorted(
-        {
-            int(i)
-            for f in sample.frames
-            if f.annotated and f.instances.track_ids is not None
-            for i in f.instances.track_ids.tolist()
-        }
-    )
+    tracks = sorted({i for f in sample.frames for i in _track_ids(f)})
     if not tracks:
         raise ValueError(f"{sample.dataset} sample {sample.sample_id} has no visible object")
     track = tracks[int(torch.randint(len(tracks), (1,), generator=generator))]
@@ -151,3 +154,51 @@ def pseudo_video(
         expressions=tuple(expressions),
         expression_targets=tuple(expression_targets),
     )
+
+
+def _crop_side(extent: int, fraction: float) -> int:
+    return max(1, min(extent, round(extent * fraction)))
+
+
+def zoom_crop(
+    image: Tensor,
+    target: Instances,
+    track_id: int,
+    generator: torch.Generator,
+    *,
+    min_fraction: float = 0.5,
+    absent: bool = False,
+    attempts: int = 10,
+) -> tuple[Tensor, Instances] | None:
+    """A random crop of the frame (same aspect ratio, at least ``min_fraction`` of each side)
+    resized back to the frame's size: the search frame of a pseudo-video, where the target has
+    moved and changed scale (up to ``1 / min_fraction``).
+
+    With ``absent`` the crop must leave the target out entirely (the target is gone: the
+    model must answer "not found"); otherwise it must keep part of it. Returns None when no
+    such crop is found in ``attempts`` draws.
+    """
+    height, width = image.shape[1:]
+    full = dense_targets(target)
+    if full.track_ids is None or not bool((full.track_ids == track_id).any()):
+        raise ValueError(f"object {track_id} is not in the frame to crop")
+    for _ in range(attempts):
+        fraction = min_fraction + (1 - min_fraction) * float(torch.rand((), generator=generator))
+        crop_h, crop_w = _crop_side(height, fraction), _crop_side(width, fraction)
+        top = int(torch.randint(height - crop_h + 1, (1,), generator=generator))
+        left = int(torch.randint(width - crop_w + 1, (1,), generator=generator))
+        cropped, cropped_target = crop_frame(image, full, top, left, crop_h, crop_w)
+        kept = bool((cropped_target.track_ids == track_id).any())
+        if kept != absent:
+            return resize_frame(cropped, cropped_target, (height, width))
+    return None
+
+
+def invisible_frames(sample: Sample, track_id: int, near: int, max_gap: int) -> list[int]:
+    """Annotated frames within ``max_gap`` of ``near`` where the object is not visible (it left
+    the view, or has not entered yet)."""
+    return [
+        i
+        for i, frame in enumerate(sample.frames)
+        if frame.annotated and abs(i - near) <= max_gap and not _visible(frame, track_id)
+    ]

@@ -17,10 +17,12 @@ from torch import Tensor
 from unipercept.data.mixture import MixtureEntry, MixtureSampler
 from unipercept.data.sampling import (
     clip_from_frames,
+    invisible_frames,
     jitter_box,
     pseudo_video,
     sample_clip_indices,
     sample_template_pair,
+    zoom_crop,
 )
 from unipercept.data.spec import DatasetSpec
 from unipercept.data.transforms import (
@@ -82,6 +84,13 @@ class ExampleSettings:
         pseudo_video: still images make their reference frame by a random crop (stage 3).
         clip_window: the reference frame lies within this many frames of the key frame.
         template_gap: SOT/VOS template and search frames lie at most this far apart.
+        absent_probability: share of SOT/VOS examples whose search frame lacks the target (a
+            frame of the video where it is not visible, or a crop that leaves it out), so the
+            score learns to say "not found".
+        mask_prior_probability: share of SOT/VOS examples whose template marks the target by
+            its mask (VOS) rather than its box (SOT), where the data has masks.
+        search_min_fraction: a still image's search frame is a crop of at least this fraction
+            of each side, resized back (the target moves and grows up to ``1 / fraction``).
     """
 
     short_sizes: tuple[int, ...] = (480, 512, 544, 576, 608, 640)
@@ -91,6 +100,9 @@ class ExampleSettings:
     pseudo_video: bool = False
     clip_window: int = 10
     template_gap: int = 30
+    absent_probability: float = 0.0
+    mask_prior_probability: float = 0.0
+    search_min_fraction: float = 0.5
 
 
 def _normalise(images: Sequence[Tensor]) -> ImageBatch:
@@ -165,6 +177,7 @@ class TrainingData:
         # Expressions and annotations must keep their object (and an expression the objects
         # its relation names) in the frame: no crop.
         self.uncropped_transform = Compose([HorizontalFlip(), resize, ColorJitter()])
+        self.appearance = ColorJitter()
 
     def batch_at(self, step: int) -> TrainingBatch:
         """This rank's batch for ``step``."""
@@ -238,13 +251,56 @@ class TrainingData:
     def _annotation(
         self, sample: Sample, generator: torch.Generator
     ) -> tuple[Clip, Prompt, tuple[Instances, ...]]:
-        template, search, track = sample_template_pair(
-            sample, self.settings.template_gap, generator
+        clip, track = self._template_and_search(sample, generator)
+        clip = self.uncropped_transform(clip, generator)
+        # The search frame's appearance changes on its own (lighting, camera).
+        search = self.appearance(
+            Clip(images=(clip.images[1],), targets=(clip.targets[1],)), generator
         )
-        clip = self.uncropped_transform(clip_from_frames(sample, [template, search]), generator)
         template_target = _only(clip.targets[0], [track])
-        box = jitter_box(template_target.boxes[0], template_target.image_size, generator)
-        prompt = AnnotationPrompt(clip.images[0], box=box)
-        # The search frame is the key frame: the model finds the object there.
-        search_clip = Clip(images=(clip.images[1],), targets=(clip.targets[1],))
-        return search_clip, prompt, (_only(clip.targets[1], [track]),)
+        use_mask = template_target.masks is not None and _draw(
+            generator, self.settings.mask_prior_probability
+        )
+        if use_mask:
+            prompt = AnnotationPrompt(clip.images[0], mask=template_target.masks[0])
+        else:
+            box = jitter_box(template_target.boxes[0], template_target.image_size, generator)
+            prompt = AnnotationPrompt(clip.images[0], box=box)
+        # The search frame is the key frame: the model finds the object there (or nothing).
+        return search, prompt, (_only(search.targets[0], [track]),)
+
+    def _template_and_search(self, sample: Sample, generator: torch.Generator) -> tuple[Clip, int]:
+        """The template frame and the search frame (a later or earlier frame of a video, a
+        zoomed crop of a still image), the target absent from the search frame in
+        ``absent_probability`` of the examples."""
+        settings = self.settings
+        template, search, track = sample_template_pair(sample, settings.template_gap, generator)
+        absent = _draw(generator, settings.absent_probability)
+        if sample.is_video and absent:
+            gone = invisible_frames(sample, track, template, settings.template_gap)
+            if gone:
+                search = gone[int(torch.randint(len(gone), (1,), generator=generator))]
+                return clip_from_frames(sample, [template, search]), track
+        clip = clip_from_frames(sample, [template, search])
+        if sample.is_video and not absent:
+            return clip, track
+        cropped = zoom_crop(
+            clip.images[1],
+            clip.targets[1],
+            track,
+            generator,
+            min_fraction=settings.search_min_fraction,
+            absent=absent,
+        )
+        if cropped is None:  # the target fills the frame (absent), or every crop lost it
+            return clip, track
+        return (
+            Clip(images=(clip.images[0], cropped[0]), targets=(clip.targets[0], cropped[1])),
+            track,
+        )
+
+
+def _draw(generator: torch.Generator, probability: float) -> bool:
+    """True with ``probability``; draws nothing when it is 0 (so batches without the option
+    stay as they were)."""
+    return probability > 0 and float(torch.rand((), generator=generator)) < probability
