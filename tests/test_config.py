@@ -222,3 +222,25 @@ def test_video_task_configs_pick_a_tracker_per_video():
     assert isinstance(vis, VideoInstanceSegmentationTask)
     tracker = vis.tracker()
     assert isinstance(tracker, FlowTracker) and tracker.max_unmatched == 2
+
+
+@pytest.mark.parametrize("name", ["mot", "mots", "vis"])
+def test_tracking_task_configs_match_the_task_defaults(name):
+    """The command line builds tasks from their classes' defaults (``TASKS[name]()``), training
+    and Hydra users from conf/task: both answer each object once per frame, and vis's IDOL
+    tracker has the class's thresholds."""
+    from unipercept.tasks import TASKS, BoxNMS
+
+    configured = config.instantiate(config.compose_group_option("task", name))
+    default = TASKS[name]()
+    for task in (configured, default):
+        suppression = task.detector.suppression
+        assert isinstance(suppression, BoxNMS) and suppression.across_labels
+        assert suppression.iou_threshold == 0.9
+    ours, theirs = configured.tracker(), default.tracker()
+    assert type(ours) is type(theirs)
+
+    def settings(tracker) -> dict:
+        return {key: value for key, value in vars(tracker).items() if not key.startswith("_")}
+
+    assert settings(ours) == settings(theirs)

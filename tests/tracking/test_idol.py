@@ -13,6 +13,7 @@ from unipercept.tracking.idol import IdolTracker
 from .scenarios import (
     CROSSING_PAIR,
     IMAGE_SIZE,
+    Frame,
     assert_bounded_state,
     assert_one_id_per_object,
     crossing_overlap,
@@ -64,6 +65,94 @@ def test_missed_detection_does_not_break_the_track():
     history = track_ids_by_object(run(IdolTracker(), frames), frames)
     assert len(history[2]) == 29
     assert_one_id_per_object(history)
+
+
+def with_fragment(frame: Frame, object_id: int, score: float, seed: int) -> Frame:
+    """``frame`` plus a weak second view of ``object_id``: the left half of its true box (box
+    IoU 0.5 with it, kept by the NMS), an embedding like no track's, and its label; counted as
+    a false positive (object -1). The object itself may be hidden (missed) in the frame."""
+    box = frame.gt_boxes[frame.gt_ids == object_id]  # (1, 4)
+    half = box.clone()
+    half[:, 2] = (box[:, 0] + box[:, 2]) / 2
+    generator = torch.Generator().manual_seed(seed)
+    embedding = torch.randn(1, frame.detections.embeddings.shape[1], generator=generator)
+    labels = frame.detections.labels[frame.object_ids == object_id][:1]
+    fragment = Instances(
+        IMAGE_SIZE,
+        boxes=half,
+        scores=torch.tensor([score]),
+        labels=labels if len(labels) else torch.zeros(1, dtype=torch.int64),
+        embeddings=4 * embedding / embedding.norm(),
+    )
+    return dataclasses.replace(
+        frame,
+        detections=Instances.cat([frame.detections, fragment]),
+        object_ids=torch.cat((frame.object_ids, torch.tensor([-1]))),
+    )
+
+
+def test_weak_detections_continue_tracks_but_do_not_start_them():
+    frames = make_scene(num_frames=20, num_objects=4, crossing=False, seed=6).frames
+    frames = [frame.rescored(3, 0.3) for frame in frames]  # never confident: no track
+    frames[5:] = [frame.rescored(0, 0.3) for frame in frames[5:]]  # confident first: tracked
+    tracker = IdolTracker()
+    history = track_ids_by_object(run(tracker, frames), frames)
+    assert 3 not in history and tracker.num_tracks == 3
+    assert len(history[0]) == 20
+    assert_one_id_per_object(history)
+    assert len(tracker.track_summaries()) == 3
+
+
+def test_the_best_scored_view_of_an_object_continues_its_track():
+    """IDOL's greedy matching: by decreasing score. A weak copy of an object (score 0.3, its
+    embedding even closer to the track's memory) must not take the track from the confident
+    detection, which would then be reported as a new object."""
+    tracker = IdolTracker()
+    directions = torch.eye(2, 8)  # objects A and B
+    boxes = torch.tensor([[100.0, 100.0, 160.0, 220.0], [400.0, 100.0, 460.0, 220.0]])
+    first = Instances(
+        IMAGE_SIZE,
+        boxes=boxes,
+        scores=torch.tensor([0.9, 0.9]),
+        labels=torch.tensor([0, 0]),
+        embeddings=4 * directions,
+    )
+    assert tracker.update(first).track_ids.tolist() == [1, 2]
+    tilted = torch.zeros(8)
+    tilted[0], tilted[2] = 0.9, (1 - 0.9**2) ** 0.5  # A, cosine 0.9 with its memory
+    copy = torch.zeros(8)
+    copy[0], copy[3] = 0.99, (1 - 0.99**2) ** 0.5  # A's weak copy, cosine 0.99
+    second = Instances(
+        IMAGE_SIZE,
+        boxes=torch.cat((boxes, torch.tensor([[100.0, 100.0, 130.0, 220.0]]))),  # copy: left half
+        scores=torch.tensor([0.9, 0.9, 0.3]),
+        labels=torch.tensor([0, 0, 0]),
+        embeddings=4 * torch.stack((tilted, directions[1], copy)),
+    )
+    output = tracker.update(second)
+    # Bi-softmax: 0.59 for A and its track, 0.91 for the copy; Hungarian matching gave the
+    # track to the copy and A a new id. The copy, left unmatched and weak, is dropped.
+    assert output.track_ids.tolist() == [1, 2]
+    assert output.scores.tolist() == pytest.approx([0.9, 0.9])
+    assert tracker.num_tracks == 2
+
+
+@pytest.mark.parametrize("gap", [3, 10])
+def test_object_hidden_for_a_few_frames_keeps_its_id_and_fragments_start_no_track(gap):
+    """Object 4 is hidden for ``gap`` frames (up to ``max_lost``); weak fragments (left halves,
+    embeddings like no track's) show up where it is and on the frame it comes back. They may
+    continue its track, being views of it, but start none; the object is matched again by
+    embedding when it comes back."""
+    frames = make_scene(num_frames=40, num_objects=5, seed=3).frames
+    for t in range(10, 10 + gap):
+        frames[t] = with_fragment(frames[t].without(4), 4, score=0.3, seed=t)
+    frames[10 + gap] = with_fragment(frames[10 + gap], 4, score=0.3, seed=99)
+    tracker = IdolTracker(max_lost=10)
+    history = track_ids_by_object(run(tracker, frames), frames)
+    assert len(history[4]) == 40 - gap
+    assert_one_id_per_object(history)
+    assert set(history.get(-1, [])) <= set(history[4])
+    assert len(tracker.track_summaries()) == 5
 
 
 @pytest.mark.parametrize(("gap", "same_id"), [(3, True), (4, False)])
@@ -191,6 +280,7 @@ def test_missing_embeddings_raise():
     ("argument", "value"),
     [
         ("score_threshold", 1.5),
+        ("new_track_threshold", 1.5),
         ("match_threshold", -0.5),
         ("memory_length", 0),
         ("max_lost", -1),

@@ -20,7 +20,8 @@ from unipercept.tasks.suppression import BoxNMS, Suppression
 # The image tasks' default: one box per object, under its best-scored name. On the held-out
 # generated world it takes the bundled model's box AP from 0.716 to 0.721 (AP50 0.851 to
 # 0.863) and its answers on the sample image from 16 to 9 (python scripts/
-# evaluate_bundled_model.py --tasks det).
+# evaluate_bundled_model.py --tasks det). The tracking tasks (mot, mots, vis) apply it to each
+# frame's detections too (tasks/video.py).
 ONE_NAME_PER_OBJECT = BoxNMS(iou_threshold=0.9, across_labels=True)
 
 

@@ -1,4 +1,5 @@
-"""Pieces the trackers share: similarity, one-to-one matching and input checks."""
+"""Pieces the trackers share: similarity, one-to-one matching (greedy or Hungarian) and
+input checks."""
 
 from __future__ import annotations
 
@@ -43,6 +44,33 @@ def check_fraction(name: str, value: float) -> None:
     """Raises ``ValueError`` naming ``name`` unless ``value`` is in [0, 1]."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def greedy_match(similarity: Tensor, threshold: float) -> Tensor:
+    """Rows (detections by decreasing score) take, in turn, their most similar free column.
+
+    QDTrack's and IDOL's association: a confident detection chooses first, so a weaker view of
+    the same object (a duplicate, a fragment) cannot take its track.
+
+    Args:
+        similarity: (N, M) similarities, rows by decreasing detection score.
+        threshold: a row matches only a column more similar than this.
+
+    Returns:
+        (N,) int64 column matched by each row, -1 for none, on ``similarity``'s device.
+    """
+    remaining = similarity.detach().cpu().double().numpy().copy()  # (N, M)
+    matched = np.full(remaining.shape[0], -1, dtype=np.int64)  # (N,)
+    if remaining.shape[1] == 0:
+        return torch.as_tensor(matched, device=similarity.device)
+    # One pass per detection, each vectorised over the tracks: the order is the point of greedy
+    # matching, so it cannot be one matrix operation.
+    for row in range(remaining.shape[0]):
+        column = int(remaining[row].argmax())
+        if remaining[row, column] > threshold:
+            matched[row] = column
+            remaining[:, column] = -np.inf
+    return torch.as_tensor(matched, device=similarity.device)
 
 
 def hungarian_match(score: Tensor, feasible: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,6 @@ low-score detections are dropped, as the tracker's output needs no more.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -20,29 +19,12 @@ from torch import Tensor
 from unipercept.ops.nms import batched_nms
 from unipercept.structures import Instances
 from unipercept.tracking.base import Tracker
-from unipercept.tracking.matching import bisoftmax_similarity, check_detections, check_fraction
-
-
-def _greedy_match(similarity: np.ndarray, threshold: float) -> np.ndarray:
-    """Rows (detections by decreasing score) take, in turn, their most similar free column.
-
-    Args:
-        similarity: (N, M) similarities.
-        threshold: a row matches only a column more similar than this.
-
-    Returns:
-        (N,) int64 column matched by each row, -1 for none.
-    """
-    similarity = similarity.copy()
-    matched = np.full(similarity.shape[0], -1, dtype=np.int64)  # (N,)
-    # One pass per detection, each vectorised over the tracks: the order is the point of greedy
-    # matching (a confident detection chooses first), so it cannot be one matrix operation.
-    for row in range(similarity.shape[0]):
-        column = int(similarity[row].argmax())
-        if similarity[row, column] > threshold:
-            matched[row] = column
-            similarity[:, column] = -np.inf
-    return matched
+from unipercept.tracking.matching import (
+    bisoftmax_similarity,
+    check_detections,
+    check_fraction,
+    greedy_match,
+)
 
 
 class QDTrack(Tracker):
@@ -121,8 +103,7 @@ class QDTrack(Tracker):
         # Labels mask the similarity after the softmaxes, as in QDTrack: tracks of other
         # labels still compete for a detection's softmax mass.
         similarity = torch.where(labels[:, None] == self._labels[None, :], similarity, 0.0)
-        matches = _greedy_match(similarity.cpu().double().numpy(), self.match_threshold)
-        return torch.as_tensor(matches, device=labels.device)
+        return greedy_match(similarity, self.match_threshold)
 
     def update(self, detections: Instances, image: Tensor | None = None) -> Instances:
         check_detections(detections, ("boxes", "scores", "labels", "embeddings"), "QDTrack")
