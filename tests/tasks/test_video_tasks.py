@@ -18,8 +18,14 @@ import torch
 from unipercept.api import Predictor
 from unipercept.data.preprocess import ImagePreprocessor
 from unipercept.data.video import VideoWriter, open_frames
-from unipercept.structures import AnnotationPrompt, CategoryPrompt, ExpressionPrompt
-from unipercept.tasks import AnnotationSession, ReferringSession, TrackingSession
+from unipercept.structures import (
+    AnnotationPrompt,
+    CategoryPrompt,
+    ExpressionPrompt,
+    Instances,
+    boxes_to_masks,
+)
+from unipercept.tasks import TASKS, AnnotationSession, ReferringSession, TrackingSession
 from unipercept.tracking import ByteTrack, FlowTracker, IdolTracker, QDTrack
 
 from ..modeling.tiny import tiny_unipercept
@@ -31,7 +37,7 @@ TRACKERS = {
     "qdtrack": partial(
         QDTrack, init_score_threshold=0.0, match_score_threshold=0.0, match_threshold=0.0
     ),
-    "idol": partial(IdolTracker, score_threshold=0.0, match_threshold=0.0),
+    "idol": partial(IdolTracker, score_threshold=0.0, new_track_threshold=0.0, match_threshold=0.0),
     "bytetrack": partial(ByteTrack, high_threshold=0.0, low_threshold=0.0, new_track_threshold=0.0),
     "flow": partial(FlowTracker, score_threshold=0.0, iou_threshold=0.0),
 }
@@ -120,12 +126,36 @@ def test_sot_template_updates_on_interval_and_score(predictor, large_boxes, thre
         update_interval=2,
         update_threshold=threshold,
     )
-    first = session.templates.tokens.clone()
+    first = session.first_templates.tokens.clone()
+    # Until an update, the latest template is the first: the prompt is the first twice.
+    assert torch.equal(session.templates.tokens, torch.cat([first, first], 1))
     session.step(frames[0])
     session.step(frames[1])  # frame 1: not on the interval
-    assert torch.equal(session.templates.tokens, first)
+    assert torch.equal(session.latest_templates.tokens, first)
     session.step(frames[2])  # frame 2: on the interval, updated if found well enough
-    assert torch.equal(session.templates.tokens, first) is not changes
+    assert torch.equal(session.latest_templates.tokens, first) is not changes
+    # The annotation's template is kept; the prompt is the first and the latest.
+    assert torch.equal(session.first_templates.tokens, first)
+    joined = torch.cat([first, session.latest_templates.tokens], 1)
+    assert torch.equal(session.templates.tokens, joined)
+
+
+def test_sot_and_vos_run_on_the_template_path():
+    torch.manual_seed(0)
+    model = tiny_unipercept(annotation_encoder="template")
+    predictor = Predictor(model, preprocess=ImagePreprocessor(short_size=64, max_size=96))
+    frames = moving_video(4)
+    mask = torch.zeros(HEIGHT, WIDTH, dtype=torch.bool)
+    mask[20:40, 8:28] = True
+    for task, prompt in (
+        ("sot", AnnotationPrompt(frames[0], box=[8, 20, 28, 40])),
+        ("vos", AnnotationPrompt(frames[0], mask=mask)),
+    ):
+        session = predictor.start(task, prompt, score_threshold=0.0, update_interval=1)
+        results = list(session.run(frames))
+        for result in results[1:]:
+            check_frame_result(result, masks=task == "vos")
+            assert result.track_ids.tolist() == [1]
 
 
 def test_vos_follows_several_objects_from_masks_and_boxes(predictor):
@@ -204,6 +234,33 @@ def test_vis_gives_each_track_its_majority_label(predictor):
     assert set(summary.track_labels) == set(seen)
     for track, (label, _) in summary.track_labels.items():
         assert label == max(seen[track], key=seen[track].get)
+
+
+@pytest.mark.parametrize("task", ["mot", "mots", "vis"])
+def test_tracking_tasks_follow_an_object_answered_under_two_names_as_one_track(task):
+    """A query scoring high for two names answers one shape twice, with the same box, mask and
+    embedding. The task's per-frame suppression (applied by the session before the tracker)
+    keeps its best name only, so the default tracker follows one track; label-aware QDTrack
+    followed two."""
+    resolved = TASKS[task]()
+    tracker = resolved.tracker()
+    generator = torch.Generator().manual_seed(0)
+    embedding = torch.randn(1, 16, generator=generator)
+    ids = set()
+    for t in range(6):
+        box = torch.tensor([[10.0 + 3 * t, 10.0, 40.0 + 3 * t, 50.0]])
+        detections = Instances(
+            (HEIGHT, WIDTH),
+            boxes=box.repeat(2, 1),
+            scores=torch.tensor([0.9, 0.6]),
+            labels=torch.tensor([0, 1]),
+            embeddings=(4 * embedding / embedding.norm()).repeat(2, 1),
+            masks=boxes_to_masks(box, (HEIGHT, WIDTH)).repeat(2, 1, 1),
+        )
+        tracked = tracker.update(resolved.detector.suppression(detections))
+        assert tracked.labels.tolist() == [0]
+        ids.update(tracked.track_ids.tolist())
+    assert ids == {1}
 
 
 def test_mot_reads_an_mp4_frame_by_frame(predictor, tmp_path):

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from unipercept.data.preprocess import ImagePreprocessor
 from unipercept.modeling.outputs import PromptEmbedding
+from unipercept.modeling.prompt import concat_templates, template_embedding
 from unipercept.modeling.unipercept import UniPercept
 from unipercept.structures import AnnotationPrompt, Instances, boxes_to_masks
 from unipercept.tasks.base import boxes_in_original, combined_scores, masks_in_original
@@ -165,16 +166,20 @@ class TrackingSession(VideoSession):
 
 
 class AnnotationSession(VideoSession):
-    """SOT and VOS: one template per object, from its annotation; every frame the model looks
-    for each object with its template. The first frame stepped is the annotated frame and
-    returns the annotations themselves.
+    """SOT and VOS: per object, the template of its annotation and its latest template; every
+    frame the model looks for each object with both (their tokens joined into one prompt, as
+    UNINEXT's online update and VOS's first-plus-previous templates). The first frame stepped
+    is the annotated frame and returns the annotations themselves.
 
     Args:
         prompts: one annotation per object (track ids 1..K in this order).
         with_masks: report masks (VOS) as well as boxes.
         score_threshold: below this the object is reported absent for the frame.
         update_interval, update_threshold: every ``update_interval`` frames, an object found
-            with at least ``update_threshold`` gets a new template from the current frame.
+            with at least ``update_threshold`` gets its latest template from the current frame
+            (its mask for VOS, its box for SOT). The first template is never replaced. Until
+            the first update the latest template is the first one, which answers exactly as the
+            first template alone.
     """
 
     def __init__(
@@ -197,7 +202,13 @@ class AnnotationSession(VideoSession):
         self.update_interval = update_interval
         self.update_threshold = update_threshold
         with torch.no_grad():
-            self.templates = model.encode_prompts(prompts)
+            self.first_templates = model.encode_prompts(prompts)
+        self.latest_templates = self.first_templates
+
+    @property
+    def templates(self) -> PromptEmbedding:
+        """The prompt the model searches with: each object's first and latest templates."""
+        return concat_templates([self.first_templates, self.latest_templates])
 
     def _first_frame(self) -> Instances:
         fields = {
@@ -260,9 +271,10 @@ class AnnotationSession(VideoSession):
             prompt = AnnotationPrompt(frame, box=None if mask is not None else box, mask=mask)
             fresh = self.model.encode_prompts([prompt])
             row = int(result.track_ids[index]) - 1
-            tokens = self.templates.tokens.clone()
-            tokens[row] = fresh.tokens[0]
-            self.templates = self.templates.replace_tokens(tokens)
+            latest = self.latest_templates
+            tokens, valid = latest.tokens.clone(), latest.valid.clone()
+            tokens[row], valid[row] = fresh.tokens[0], fresh.valid[0]
+            self.latest_templates = template_embedding(tokens, valid)
 
 
 class ReferringSession(VideoSession):

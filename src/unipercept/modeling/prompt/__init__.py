@@ -26,6 +26,6 @@ __all__ = [
     "add_prior_channel",
     "concat_templates",
     "crop_template",
-    "template_embedding",
     "offline_text_model_path",
+    "template_embedding",
 ]
