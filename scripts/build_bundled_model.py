@@ -1,6 +1,6 @@
 """Rebuilds the bundled model "unipercept-tiny" and its sample image and video.
 
-    python scripts/build_bundled_model.py            # about an hour on 2 CPU cores
+    python scripts/build_bundled_model.py            # about two hours on 2 idle CPU cores
 
 1. generates the world (``unipercept.data.synthetic``, seed 0, preset "train") under --work;
 2. trains model=unipercept_tiny through the three stages on it (``python -m unipercept.train``
@@ -44,9 +44,9 @@ COMMON = [
 # from a box or mask is trained from stage 2 on (the synthetic stage-2 mixture has SOT/VOS
 # examples), so the template backbone starts from the image backbone there, not in stage 3.
 STAGES = [
-    ("1_pretrain", "synthetic_stage1", 2500, 2100, []),
-    ("2_image_joint", "synthetic_stage2", 3000, 2500, ["stage.annotation_from_backbone=true"]),
-    ("3_video_joint", "synthetic_stage3", 5000, 4200, ["stage.annotation_from_backbone=false"]),
+    ("1_pretrain", "synthetic_stage1", 3750, 3150, []),
+    ("2_image_joint", "synthetic_stage2", 4500, 3750, ["stage.annotation_from_backbone=true"]),
+    ("3_video_joint", "synthetic_stage3", 7500, 6300, ["stage.annotation_from_backbone=false"]),
 ]
 
 
