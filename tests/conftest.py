@@ -33,3 +33,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # case named "[cuda]" (e.g. trainer.device=cuda on a CPU machine) would be skipped too.
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A random model/unipercept_tiny's weights, as evaluate --model and predict --checkpoint
+    take them."""
+    import torch
+    from safetensors.torch import save_model
+
+    from unipercept import config
+
+    torch.manual_seed(0)
+    model = config.instantiate(config.compose_group_option("model", "unipercept_tiny"))
+    path = tmp_path_factory.mktemp("weights") / "model.safetensors"
+    save_model(model, str(path))
+    return path

@@ -255,20 +255,6 @@ def _frames_folder(folder: Path, count: int) -> None:
         Image.fromarray(pixels).save(folder / f"{t + 1:06d}.png")
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    import torch
-    from safetensors.torch import save_model
-
-    from unipercept import config
-
-    torch.manual_seed(0)
-    model = config.instantiate(config.compose_group_option("model", "unipercept_tiny"))
-    path = tmp_path_factory.mktemp("weights") / "model.safetensors"
-    save_model(model, str(path))
-    return path
-
-
 def test_model_mode_sot_and_mot_on_generated_folders(tmp_path, tiny_weights):
     sequence = tmp_path / "lasot" / "bird" / "bird-1"
     _frames_folder(sequence / "img", 3)

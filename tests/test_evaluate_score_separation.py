@@ -143,20 +143,6 @@ def test_vos_copy_first_separation_by_hand(tmp_path):
     assert separation["metric_always_answer"] == {"J&F": pytest.approx(scores["J&F"])}
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    import torch
-    from safetensors.torch import save_model
-
-    from unipercept import config
-
-    torch.manual_seed(0)
-    model = config.instantiate(config.compose_group_option("model", "unipercept_tiny"))
-    path = tmp_path_factory.mktemp("weights") / "model.safetensors"
-    save_model(model, str(path))
-    return path
-
-
 def _model(weights: Path) -> list[str]:
     return ["--model", "unipercept_tiny", "--weights", str(weights), "--short-size", "64"]
 
