@@ -77,7 +77,7 @@ def test_sot_copy_first_separation_by_hand(tmp_path, capsys):
     scores = json.loads(out.read_text())
     separation = scores["score_separation"]
     assert set(separation) == SEPARATION_KEYS
-    assert separation["threshold"] == pytest.approx(0.2)  # the sot task's own
+    assert separation["threshold"] == pytest.approx(0.5)  # the sot task's own
     assert (separation["frames"], separation["visible_frames"], separation["hits"]) == (5, 4, 3)
     assert (separation["reported"], separation["reported_hits"]) == (5, 3)
     assert separation["absent_fraction"] == pytest.approx(1 / 5)
@@ -92,7 +92,7 @@ def test_sot_copy_first_separation_by_hand(tmp_path, capsys):
     assert separation["metric_always_answer"] == separation["metric_at_threshold"]
     assert separation["curve"]["recall"][-1] == pytest.approx(3 / 4)  # scores 1 pass 1.0
     printed = capsys.readouterr().out
-    assert "score_separation:\n  threshold: 0.200000" in printed
+    assert "score_separation:\n  threshold: 0.500000" in printed
     assert "    threshold: 0.000 0.050 0.100" in printed  # the curve on one line
     # scripts/evaluate_bundled_model.py's score-separation table reads the same json.
     script = _script("evaluate_bundled_model")
@@ -101,7 +101,7 @@ def test_sot_copy_first_separation_by_hand(tmp_path, capsys):
     assert cells[1:-1] == [
         "sot",
         "copy-first",
-        "0.20",
+        "0.50",
         "0.600",
         "0.750",
         "0.667",

@@ -51,7 +51,7 @@ class SingleObjectTrackingTask(VideoTask):
     def __init__(
         self,
         *,
-        score_threshold: float = 0.2,
+        score_threshold: float = 0.5,
         update_interval: int = 10,
         update_threshold: float = 0.6,
     ) -> None:
