@@ -14,6 +14,7 @@ ENTRY_POINTS = {
     "unipercept.evaluate": ["det", "--gt", "gt.json", "--results", "r.json"],
     "unipercept.data.synthetic": ["--out", "world", "--seed", "0"],
     "unipercept.train": ["stage=1_pretrain"],
+    "unipercept.export": ["run", "out"],
 }
 
 

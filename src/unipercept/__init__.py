@@ -31,9 +31,12 @@ if TYPE_CHECKING:
 
 
 def load_model(name_or_path: str = "unipercept-tiny", *, device=None):
-    """The bundled model of that name, or a folder from ``save_pretrained``, in eval mode:
-    ``model.predict(image, prompt)``, ``model.start(task, prompt)``."""
-    from unipercept.modeling.pretrained import load_model as _load_model
+    """A model in eval mode, ready for ``model.predict(image, prompt)`` and
+    ``model.start(task, prompt)``: the bundled model of that name, a folder from
+    ``save_pretrained``, a UNINEXT ``.pth``, or a training run (its ``checkpoints/best``, else
+    its newest checkpoint), its ``checkpoints/`` folder or one checkpoint folder; see
+    :func:`unipercept.export.load_model`."""
+    from unipercept.export import load_model as _load_model
 
     return _load_model(name_or_path, device=device)
 

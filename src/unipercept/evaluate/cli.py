@@ -98,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         default="unipercept-tiny",
         metavar="NAME",
         help="the model that --images/--data runs: a bundled model (default unipercept-tiny), "
-        "a save_pretrained folder, a UNINEXT .pth (converted on the fly), a conf/model name "
-        "with --weights, or copy-first (sot, vos: "
+        "a save_pretrained folder, a UNINEXT .pth (converted on the fly), a training run "
+        "folder (its checkpoints/best, else its newest checkpoint), its checkpoints/ folder or "
+        "one checkpoint folder, a conf/model name with --weights, or copy-first (sot, vos: "
         "the first frame's annotation in every frame, the baseline to beat)",
     )
     parser.add_argument(

@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint",
         default="unipercept-tiny",
         help="a bundled model's name, a save_pretrained folder (e.g. from python -m "
-        "unipercept.convert uninext), or a UNINEXT .pth converted on the fly (default: "
+        "unipercept.convert uninext or python -m unipercept.export), a UNINEXT .pth converted "
+        "on the fly, or a training run folder (its checkpoints/best, else its newest "
+        "checkpoint), its checkpoints/ folder or one checkpoint folder (default: "
         "unipercept-tiny)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")

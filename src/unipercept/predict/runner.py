@@ -318,7 +318,8 @@ def run(
         Exception: any other failure; finished work stays for a rerun, and a job that
             finished nothing leaves nothing behind.
     """
-    from unipercept.modeling.pretrained import PretrainedError, load_model
+    from unipercept.export import load_model
+    from unipercept.modeling.pretrained import PretrainedError
     from unipercept.offline import MissingWeightsError
 
     validate(job)

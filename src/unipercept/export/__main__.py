@@ -1,0 +1,7 @@
+"""``python -m unipercept.export``."""
+
+import sys
+
+from unipercept.export.cli import main
+
+sys.exit(main())
