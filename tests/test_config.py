@@ -31,7 +31,10 @@ def test_config_dir_is_the_installed_package_data():
 
 @pytest.mark.parametrize("name", config.list_configs())
 def test_every_config_composes_and_instantiates(name):
-    if "/" in name:
+    if name.startswith("finetune/"):
+        # A fine-tune option overrides train.yaml's stage, so it composes inside train.yaml.
+        composed = config.compose("train", [f"finetune={name.split('/', 1)[1]}"]).finetune
+    elif "/" in name:
         group, option = name.rsplit("/", 1)
         composed = config.compose_group_option(group, option)
     else:

@@ -17,10 +17,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from unipercept.data.spec import DatasetSpec
     from unipercept.engine.batches import TrainingData
     from unipercept.engine.distributed import DistributedContext
+    from unipercept.finetune import Finetune
 
 logger = logging.getLogger("unipercept.train")
+
+# A stage's warmup_steps and milestones when null: a share of max_steps (conf/stage/finetune).
+WARMUP_SHARE = 0.05
+DROP_AT = 0.8
 
 
 class ConfigurationError(ValueError):
@@ -28,8 +36,9 @@ class ConfigurationError(ValueError):
 
 
 def _initial_weights(path: str | None) -> Path | None:
-    """The checkpoint a stage starts from: a checkpoint folder, a folder of checkpoints (the
-    newest is taken) or a .safetensors file; its file is checked to be whole."""
+    """The checkpoint a stage starts from: a checkpoint folder, a folder of checkpoints or a
+    training run's folder (the newest checkpoint is taken), or a .safetensors file; its file
+    is checked to be whole."""
     if path is None:
         return None
     from unipercept.engine.checkpoint import CheckpointError, latest_checkpoint, weights_file
@@ -40,10 +49,15 @@ def _initial_weights(path: str | None) -> Path | None:
         found = candidate
     elif candidate.is_dir() and (newest := latest_checkpoint(candidate)) is not None:
         found = newest
+    elif (candidate / "checkpoints").is_dir() and (
+        newest := latest_checkpoint(candidate / "checkpoints")
+    ) is not None:
+        found = newest  # a run's folder, as python -m unipercept.train writes it
     else:
         raise ConfigurationError(
-            f"stage.init_from: no checkpoint at {path} (give a checkpoint folder, a folder of "
-            "checkpoints, or a .safetensors file; train the previous stage first)"
+            f"stage.init_from: no checkpoint at {path} (give the previous stage's run folder, "
+            "a checkpoint folder, a folder of checkpoints, or a .safetensors file; train the "
+            "previous stage first)"
         )
     try:
         weights_file(found)
@@ -112,17 +126,30 @@ def _check_checkpoint_paths(directory: Path, stage: DictConfig, every: int) -> N
                 raise ConfigurationError(f"output_dir: {error}") from error
 
 
+def _schedule(stage: DictConfig) -> tuple[int, list[int]]:
+    """The stage's warmup steps and learning-rate drops; null ``warmup_steps`` is
+    :data:`WARMUP_SHARE` of ``max_steps``, null ``milestones`` one drop at :data:`DROP_AT`."""
+    warmup = stage.warmup_steps
+    if warmup is None:
+        warmup = int(WARMUP_SHARE * stage.max_steps)
+    milestones = stage.get("milestones", [])
+    if milestones is None:
+        drop = int(DROP_AT * stage.max_steps)
+        milestones = [drop] if 0 < drop < stage.max_steps else []
+    return warmup, list(milestones)
+
+
 def _check_schedule(stage: DictConfig, checkpoint_every: int) -> None:
     if checkpoint_every < 1:
         raise ConfigurationError(f"trainer.checkpoint_every must be >= 1, got {checkpoint_every}")
     if stage.max_steps < 1:
         raise ConfigurationError(f"stage.max_steps must be >= 1, got {stage.max_steps}")
-    if not 0 <= stage.warmup_steps <= stage.max_steps:
+    warmup, milestones = _schedule(stage)
+    if not 0 <= warmup <= stage.max_steps:
         raise ConfigurationError(
-            f"stage.warmup_steps ({stage.warmup_steps}) must be within "
-            f"[0, stage.max_steps={stage.max_steps}]"
+            f"stage.warmup_steps ({warmup}) must be within [0, stage.max_steps={stage.max_steps}]"
         )
-    late = [m for m in stage.get("milestones", []) if m >= stage.max_steps]
+    late = [m for m in milestones if m >= stage.max_steps]
     if late:
         raise ConfigurationError(
             f"stage.milestones {late} are not before stage.max_steps ({stage.max_steps})"
@@ -197,8 +224,11 @@ def _some(names: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _training_data(cfg: DictConfig, context: DistributedContext) -> TrainingData:
-    """Reads the stage's mixture; a dataset that cannot be read is a configuration error."""
+def _training_data(
+    cfg: DictConfig, context: DistributedContext, extra: Mapping[str, DatasetSpec] | None = None
+) -> TrainingData:
+    """Reads the stage's mixture, and ``extra`` datasets (a fine-tune's, each at ratio 1); a
+    dataset that cannot be read is a configuration error."""
     from unipercept.config import instantiate
     from unipercept.engine.batches import ExampleSettings, TrainingData
 
@@ -217,9 +247,12 @@ def _training_data(cfg: DictConfig, context: DistributedContext) -> TrainingData
     )
     try:
         datasets = {name: instantiate(spec) for name, spec in stage.mixture.datasets.items()}
+        ratios = dict(stage.mixture.ratios)
+        for name, spec in (extra or {}).items():
+            datasets[name], ratios[name] = spec, 1.0
         return TrainingData(
             datasets,
-            dict(stage.mixture.ratios),
+            ratios,
             batch_size=cfg.trainer.batch_size,
             settings=settings,
             seed=cfg.seed,
@@ -232,6 +265,33 @@ def _training_data(cfg: DictConfig, context: DistributedContext) -> TrainingData
         raise ConfigurationError(f"stage.mixture: {error}") from error
 
 
+def _finetune(cfg: DictConfig, checkpoints: Path) -> Finetune | None:
+    """The checked fine-tune of ``finetune=...`` (None for a training stage); ``init`` is only
+    for a fine-tune."""
+    if cfg.get("finetune") is None:
+        if cfg.get("init") is not None:
+            raise ConfigurationError(
+                "init: only a fine-tune (finetune=coco|refcoco|ytvis|mot) starts from a model; "
+                "a training stage starts from stage.init_from"
+            )
+        return None
+    from unipercept.engine.best import BEST_DIR
+    from unipercept.engine.checkpoint import check_replaceable
+    from unipercept.finetune import prepare
+
+    try:
+        check_replaceable(checkpoints / BEST_DIR)
+    except FileExistsError as error:
+        raise ConfigurationError(f"output_dir: {error}") from error
+    return prepare(cfg)
+
+
+def _main_rank_only(model: torch.nn.Module) -> float:
+    """The evaluator of ranks other than 0, never called: the trainer scores on rank 0 only
+    (which writes the held-out files) and sends the score to the others."""
+    raise AssertionError("only rank 0 evaluates")
+
+
 def run(cfg: DictConfig) -> Path:
     """Trains as ``cfg`` says; returns the output folder."""
     from unipercept.config import instantiate
@@ -242,20 +302,27 @@ def run(cfg: DictConfig) -> Path:
 
     stage = cfg.stage
     _check_schedule(stage, cfg.trainer.checkpoint_every)
+    stage.warmup_steps, stage.milestones = _schedule(stage)  # recorded as numbers
     # Everything the user can get wrong is checked before any work: the model, the data and
     # the process group all take a while to build.
     initial = _initial_weights(stage.get("init_from"))
     _check_device(cfg.trainer.device)
     output_dir = Path(cfg.output_dir)
     _check_checkpoint_paths(output_dir / "checkpoints", stage, cfg.trainer.checkpoint_every)
+    finetune = _finetune(cfg, output_dir / "checkpoints")
     try:
         context = init_distributed(cfg.trainer.device)
     except ValueError as error:  # torchrun's environment variables
         raise ConfigurationError(str(error)) from error
     try:
-        data = _training_data(cfg, context)
+        extra = {finetune.dataset.name: finetune.dataset} if finetune is not None else None
+        data = _training_data(cfg, context, extra)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        model = instantiate(cfg.model)
+        model = instantiate(cfg.model) if finetune is None else finetune.model
+        scorer = None
+        if finetune is not None:
+            scorer = finetune.scorer() if context.is_main else _main_rank_only
+            logger.info("%s", finetune.summary)
         if initial is not None:
             _load_initial_weights(model, initial)
             logger.info("initialised from %s", initial)
@@ -299,8 +366,11 @@ def run(cfg: DictConfig) -> Path:
                 bf16=cfg.trainer.bf16,
                 embedding_weight=stage.embedding_weight,
                 progress=cfg.trainer.progress,
+                eval_every=cfg.finetune.eval_every if finetune is not None else 0,
+                eval_metric=finetune.metric if finetune is not None else "score",
             ),
             config_text=OmegaConf.to_yaml(cfg, resolve=True),
+            evaluator=scorer,
         )
         if cfg.resume:
             try:
@@ -314,35 +384,19 @@ def run(cfg: DictConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Composes ``conf/train.yaml`` with the command line's Hydra overrides and trains.
+    """``python -m unipercept.train``: the Hydra app (:mod:`unipercept.train_app`) with ``argv``
+    (``sys.argv[1:]`` by default) as its command line.
 
-    ``--cfg`` prints the composed config instead of training. Config errors (an unknown stage,
-    a key that does not exist, a missing initial checkpoint) exit with code 2 and one line.
+    ``--help`` lists the config groups, ``--cfg job`` prints the composed config, ``-m`` sweeps.
+    Config errors (an unknown stage, a key that does not exist, a missing initial checkpoint, in
+    a sweep any job's) exit with code 2 and one line, before any work.
+
+    Returns:
+        The exit code.
     """
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from unipercept.train_app import main as app_main
 
-    from unipercept.config import compose
-    from unipercept.entry import shadowed_package
-
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    print_only = "--cfg" in arguments
-    overrides = [a for a in arguments if a != "--cfg"]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if (problem := shadowed_package()) is not None:
-        logger.error("error: %s", problem)
-        return 2
-    try:
-        cfg = compose("train", overrides)
-        if print_only:  # the composed config is this command's output
-            sys.stdout.write(OmegaConf.to_yaml(cfg))
-            return 0
-        OmegaConf.resolve(cfg)  # interpolation errors surface now, before any work
-        run(cfg)
-    except (ConfigurationError, HydraException, OmegaConfBaseException) as error:
-        logger.error("error: %s", str(error).strip().splitlines()[0])
-        return 2
-    return 0
+    return app_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The training loop: one process per device under torchrun, exact resume, a guard against
-non-finite losses, checkpoints that survive a kill."""
+non-finite losses, checkpoints that survive a kill, and (given an evaluator) a score every
+``eval_every`` steps with the best checkpoint kept in ``checkpoints/best``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from unipercept.criterion import UniPerceptCriterion, total_loss
 from unipercept.engine.batches import TrainingBatch, TrainingData
+from unipercept.engine.best import BestScore, is_better, save_best
 from unipercept.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -46,6 +48,9 @@ class TrainerSettings:
     bf16: autocast to bfloat16 on CUDA (ignored on CPU).
     embedding_weight: weight of the association loss on two-frame batches.
     progress: show a progress bar (main rank only).
+    eval_every: steps between calls of the trainer's evaluator (also before the first step
+        and after the last); 0 never calls it.
+    eval_metric: the name of the evaluator's score (higher is better) in logs and best.json.
     """
 
     max_steps: int
@@ -57,6 +62,8 @@ class TrainerSettings:
     bf16: bool = True
     embedding_weight: float = 0.25
     progress: bool = True
+    eval_every: int = 0
+    eval_metric: str = "score"
 
 
 class TrainingStep(nn.Module):
@@ -98,6 +105,10 @@ class NonFiniteLossError(RuntimeError):
     """Raised after too many steps with a NaN or infinite loss."""
 
 
+class EvaluationError(RuntimeError):
+    """The evaluator failed on the main rank (raised on every rank, so none waits forever)."""
+
+
 class Trainer:
     """Trains a model on :class:`TrainingData` batches.
 
@@ -110,6 +121,11 @@ class Trainer:
         output_dir: checkpoints and TensorBoard logs go here.
         settings: the loop's knobs.
         config_text: the resolved configuration, saved with every checkpoint.
+        evaluator: scores the model (higher is better), called on the main rank in eval mode
+            and without gradients every ``settings.eval_every`` steps, before the first step
+            (the starting model's score) and after the last; the best-scoring step is kept in
+            ``checkpoints/best`` (:mod:`unipercept.engine.best`). Its random draws do not
+            touch the training's random state.
     """
 
     def __init__(
@@ -124,6 +140,7 @@ class Trainer:
         output_dir: Path,
         settings: TrainerSettings,
         config_text: str | None = None,
+        evaluator: Callable[[nn.Module], float] | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion.to(context.device)
@@ -134,8 +151,12 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.settings = settings
         self.config_text = config_text
+        self.evaluator = evaluator if settings.eval_every > 0 else None
         self.step = 0
         self.nonfinite = 0
+        self.best: BestScore | None = None
+        self.initial_score: float | None = None
+        self._writer = None
         self.module: nn.Module = TrainingStep(model, self.criterion, settings.embedding_weight)
         if context.distributed:
             # Batches of different prompt kinds use different encoders and heads: parameters
@@ -194,6 +215,9 @@ class Trainer:
             )
         self.step = int(extra["step"])
         self.nonfinite = int(extra["nonfinite"])
+        evaluation = extra.get("evaluation") or {}
+        self.initial_score = evaluation.get("initial")
+        self.best = BestScore.from_dict(evaluation["best"]) if evaluation.get("best") else None
         self.data.sampler.load_state_dict(extra["sampler"])
         restore_rng_state(
             extra["rng"][self.context.rank]
@@ -222,7 +246,9 @@ class Trainer:
     def train(self, on_step: Callable[[int, Mapping[str, float]], None] | None = None) -> None:
         """Runs from :attr:`step` to ``settings.max_steps``."""
         settings = self.settings
-        writer = self._summary_writer()
+        writer = self._writer = self._summary_writer()
+        if self.evaluator is not None and self.step == 0:
+            self.initial_score = self._evaluate()
         bar = tqdm(
             total=settings.max_steps,
             initial=self.step,
@@ -270,11 +296,18 @@ class Trainer:
                 self._log(losses, loss, batch, writer, started, bar)
             if on_step is not None:
                 on_step(self.step, {k: float(v.detach()) for k, v in losses.items()})
+            if self.evaluator is not None and (
+                self.step % settings.eval_every == 0 or self.step == settings.max_steps
+            ):
+                # Before the step's checkpoint, which then records the best score so far.
+                self._keep_if_best(self._evaluate())
             if self.step % settings.checkpoint_every == 0 or self.step == settings.max_steps:
                 self.save()
         bar.close()
         if writer is not None:
             writer.close()
+        self._writer = None
+        self._report_best()
 
     def save(self) -> Path | None:
         """Writes a checkpoint of the current step (main rank writes; every rank's RNG state
@@ -287,6 +320,7 @@ class Trainer:
                 "nonfinite": self.nonfinite,
                 "sampler": self.data.sampler.state_dict(),
                 "rng": states,
+                "evaluation": self._evaluation_state(),
             }
             path = save_checkpoint(
                 self.checkpoint_dir,
@@ -300,6 +334,83 @@ class Trainer:
             )
         barrier(self.context)
         return path
+
+    def _evaluation_state(self) -> dict:
+        return {
+            "initial": self.initial_score,
+            "best": self.best.to_dict() if self.best is not None else None,
+        }
+
+    def _evaluate(self) -> float:
+        """The evaluator's score of the model now, on every rank (the main rank computes it)."""
+        value, failure = None, None
+        if self.context.is_main:
+            devices = [self.context.device] if self.context.device.type == "cuda" else []
+            self.model.eval()
+            try:
+                with torch.random.fork_rng(devices=devices), torch.no_grad():
+                    value = float(self.evaluator(self.model))
+            except Exception as error:  # re-raised below, once the other ranks know
+                failure = error
+            finally:
+                self.module.train()
+        value, problem = broadcast_object(
+            (value, None if failure is None else f"{type(failure).__name__}: {failure}"),
+            self.context,
+        )
+        if failure is not None:
+            raise failure
+        if problem is not None:
+            raise EvaluationError(f"evaluation at step {self.step} failed on rank 0: {problem}")
+        metric = self.settings.eval_metric
+        if self.context.is_main:
+            logger.info("step %d: held-out %s %.4f", self.step, metric, value)
+            if self._writer is not None and math.isfinite(value):
+                self._writer.add_scalar(f"eval/{metric}", value, self.step)
+        return value
+
+    def _keep_if_best(self, value: float) -> None:
+        """Makes this step ``checkpoints/best`` when ``value`` beats the best so far."""
+        if not math.isfinite(value):
+            logger.warning(
+                "step %d: the evaluator gave %s; not a best checkpoint", self.step, value
+            )
+            return
+        if not is_better(value, self.best):
+            return
+        self.best = BestScore(self.step, self.settings.eval_metric, value)
+        if self.context.is_main:
+            extra = {
+                "step": self.step,
+                "nonfinite": self.nonfinite,
+                "evaluation": self._evaluation_state(),
+            }
+            path = save_best(
+                self.checkpoint_dir,
+                self.best,
+                model=self.model,
+                extra=extra,
+                config_text=self.config_text,
+                initial=self.initial_score,
+            )
+            logger.info("step %d: best %s so far, kept in %s", self.step, self.best.metric, path)
+        barrier(self.context)
+
+    def _report_best(self) -> None:
+        if self.best is None or not self.context.is_main:
+            return
+        best, initial = self.best, self.initial_score
+        if initial is not None and math.isfinite(initial) and best.value <= initial:
+            logger.warning(
+                "no trained step beat the starting model's %s (%.4f); checkpoints/best holds "
+                "the best trained step (%d, %.4f)",
+                best.metric,
+                initial,
+                best.step,
+                best.value,
+            )
+        else:
+            logger.info("best %s %.4f at step %d", best.metric, best.value, best.step)
 
     def _gather_rng_states(self) -> list:
         state = capture_rng_state()
