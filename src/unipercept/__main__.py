@@ -57,7 +57,11 @@ def _check_configs() -> str:
     names = config.list_configs()
     with quiet_transformers():
         for name in names:
-            if "/" in name:
+            if name.startswith("finetune/"):
+                # A fine-tune option overrides train.yaml's stage: it composes inside train.yaml.
+                option = name.split("/", 1)[1]
+                config.instantiate(config.compose("train", [f"finetune={option}"]).finetune)
+            elif "/" in name:
                 group, option = name.rsplit("/", 1)
                 # UNINEXT's full-size models (up to 1.4 G parameters) are built weight-free.
                 meta = name.startswith("model/uninext_")
