@@ -210,18 +210,15 @@ def _annotation_encoder_from_backbone(model: torch.nn.Module) -> None:
 
 
 def _detail(error: Exception) -> str:
-    """One line of an error: load_state_dict's first line only says "Error(s) in loading
-    state_dict", its second names the tensor."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    return lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+    from unipercept.engine.checkpoint import load_error_line
+
+    return load_error_line(error)
 
 
 def _some(names: list[str], limit: int = 3) -> str:
-    """Up to ``limit`` names, and how many more."""
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    from unipercept.engine.checkpoint import some_names
+
+    return some_names(names, limit)
 
 
 def _training_data(

@@ -387,6 +387,21 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
+def load_error_line(error: Exception) -> str:
+    """One line of an error from loading weights: load_state_dict's first line only says
+    "Error(s) in loading state_dict", its second names the tensor."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+
+
+def some_names(names: list[str], limit: int = 3) -> str:
+    """Up to ``limit`` names, and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _first_line(error: BaseException) -> str:
     """The first line of an error's message (torch's zip reader appends a paragraph)."""
     lines = str(error).strip().splitlines()
