@@ -112,6 +112,59 @@ def test_a_sweep_trains_each_job_in_its_own_folder(data_root, tmp_path):
     assert tree(cwd) == []  # no outputs/ or multirun/ beside
 
 
+def test_a_sweep_runs_through_hydras_submitit_launcher(data_root, tmp_path):
+    """The launcher plugin a SLURM cluster uses (hydra-submitit-launcher), here its local
+    executor: each job is pickled by submitit, run in its own process, and trains in its
+    folder as with the basic launcher."""
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher"
+    )
+    sweep = tmp_path / "sweep"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = cli(
+        [
+            "-m",
+            *TINY,
+            "stage.lr=1e-4,2e-4",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=60",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=cwd,
+        env={"UNIPERCEPT_DATA": str(data_root)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in result.stdout + result.stderr
+    for job, lr in (("0", 1e-4), ("1", 2e-4)):
+        checkpoint = sweep / job / "checkpoints" / "step_00000002"
+        trained = yaml.safe_load((checkpoint / "config.yaml").read_text())
+        assert trained["stage"]["lr"] == lr
+    assert len(list((sweep / ".submitit").glob("*/*_0_result.pkl"))) == 2  # two processes
+    assert tree(cwd) == []
+
+
+def test_the_next_stage_finds_the_newest_dated_run_of_the_previous_one(
+    data_root, tmp_path, monkeypatch
+):
+    """Without output_dir, a run goes to outputs/<date>/<time>; a later stage's default
+    init_from (outputs/<stage>/checkpoints) then finds it by the stage name in .hydra/."""
+    from unipercept.train import ConfigurationError, _initial_weights
+
+    result = cli(TINY, cwd=tmp_path, env={"UNIPERCEPT_DATA": str(data_root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "outputs").glob("*/*/checkpoints/step_00000002")
+    # A later run of another stage (its name sorts after) is not taken for this one.
+    other = tmp_path / "outputs" / "2999-01-01" / "00-00-00"
+    (other / ".hydra").mkdir(parents=True)
+    (other / ".hydra" / "config.yaml").write_text("stage:\n  name: 1_pretrain\n")
+    monkeypatch.chdir(tmp_path)
+    assert _initial_weights("outputs/2_image_joint/checkpoints").resolve() == run.resolve()
+    assert _initial_weights("outputs/2_image_joint").resolve() == run.resolve()
+    with pytest.raises(ConfigurationError, match="nor a run of that stage under outputs/<date>"):
+        _initial_weights("outputs/1_pretrain/checkpoints")  # its run has no checkpoint
+
+
 def test_output_dir_holds_everything_of_a_run(data_root, tmp_path, monkeypatch):
     """Called from Python (``main(argv)``), with a relative output_dir: checkpoints, TensorBoard,
     Hydra's .hydra/ and the log all land in it, nothing beside it, and the caller's logging is

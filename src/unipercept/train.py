@@ -35,6 +35,32 @@ class ConfigurationError(ValueError):
     """A training config that cannot run (reported as one line, exit code 2)."""
 
 
+def _newest_dated_run(path: Path) -> Path | None:
+    """For a stage's default ``outputs/<stage>/checkpoints`` (or ``outputs/<stage>``) that does
+    not exist: the newest checkpoint of a run of that stage in the app's dated run folders,
+    ``outputs/<date>/<time>/`` (the name sorts by time), by the stage name in its
+    ``.hydra/config.yaml``. None when the path has another shape or no such run exists."""
+    import yaml
+
+    from unipercept.engine.checkpoint import latest_checkpoint
+
+    stage = path.parent if path.name == "checkpoints" else path
+    root = stage.parent
+    if path.exists() or not root.is_dir():
+        return None
+    for run in sorted(root.glob("*/*/.hydra/config.yaml"), reverse=True):
+        try:
+            config = yaml.safe_load(run.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(config, dict) or (config.get("stage") or {}).get("name") != stage.name:
+            continue
+        newest = latest_checkpoint(run.parent.parent / "checkpoints")
+        if newest is not None:
+            return newest
+    return None
+
+
 def _initial_weights(path: str | None) -> Path | None:
     """The checkpoint a stage starts from: a checkpoint folder, a folder of checkpoints or a
     training run's folder (the newest checkpoint is taken), or a .safetensors file; its file
@@ -53,11 +79,16 @@ def _initial_weights(path: str | None) -> Path | None:
         newest := latest_checkpoint(candidate / "checkpoints")
     ) is not None:
         found = newest  # a run's folder, as python -m unipercept.train writes it
+    elif (dated := _newest_dated_run(candidate)) is not None:
+        found = dated
+        logger.info("stage.init_from: %s is not there; the newest run of that stage is", path)
+        logger.info("  %s", found)
     else:
         raise ConfigurationError(
-            f"stage.init_from: no checkpoint at {path} (give the previous stage's run folder, "
-            "a checkpoint folder, a folder of checkpoints, or a .safetensors file; train the "
-            "previous stage first)"
+            f"stage.init_from: no checkpoint at {path}, nor a run of that stage under "
+            f"{candidate.parent.parent if candidate.name == 'checkpoints' else candidate.parent}"
+            "/<date>/<time> (give the previous stage's run folder, a checkpoint folder, a folder "
+            "of checkpoints, or a .safetensors file; train the previous stage first)"
         )
     try:
         weights_file(found)
