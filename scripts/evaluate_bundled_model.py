@@ -5,10 +5,14 @@
 Generates the world (seed 0, preset "train", as scripts/build_bundled_model.py trains on) under
 ``build/eval/data`` when missing, then runs one ``python -m unipercept.evaluate`` command per
 task on its held-out part: the "val" split of COCO, RefCOCO, DAVIS, MOT/MOTS, YouTube-VIS and
-Ref-YouTube-VOS, and LaSOT's testing set. The sot and vos rows also show the copy-first-frame
-baseline (the first frame's box or masks in every frame, ``--model copy-first``), which a model
-must beat to be following anything. Each command is printed before it runs; the scores go
-to ``build/eval/scores/<task>.json`` and the table to stdout (and ``--markdown``).
+Ref-YouTube-VOS, and LaSOT's testing set. Every video row also shows the copy-first-frame
+baseline (``--model copy-first``): what doing nothing after the first frame scores, the first
+frame's ground truth answered in every frame (sot, vos: the annotated box or masks; mot, mots:
+the first frame's objects with their ids; vis: each first-frame object's mask and category,
+score 1; rvos: the referred target's first-frame mask), which a model must beat to be following
+anything. Image tasks have no first frame: "- (no first frame)". Each command is printed before
+it runs; the scores go to ``build/eval/scores/<task>.json`` (the baseline's to
+``<task>.copy-first.json``) and the table to stdout (and ``--markdown``).
 
 For sot and vos a second table shows how well the answer's score separates hits (IoU >= 0.5
 with a visible target) from misses on the held-out frames, read from the scores json's
@@ -29,8 +33,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# The tasks whose rows also show the copy-first-frame baseline (``evaluate --model copy-first``).
-BASELINE_TASKS = ("sot", "vos")
+# The tasks whose rows also show the copy-first-frame baseline (``evaluate --model copy-first``):
+# every video task.
+BASELINE_TASKS = ("sot", "vos", "mot", "mots", "vis", "rvos")
 
 
 def commands(world: str, out: str, model: str) -> dict[str, list[str]]:
@@ -146,15 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     rows, separation = [], []
     for task in args.tasks:
         scores = run(task, args.model, out, work / "scores" / f"{task}.json")
-        # What doing nothing scores: the first frame's annotation in every frame.
-        baseline = "-"
+        # What doing nothing after the first frame scores: its ground truth in every frame.
+        baseline = "- (no first frame)"
         if task in BASELINE_TASKS:
             copied = run(
                 task, "copy-first", f"{out}/copy-first", work / "scores" / f"{task}.copy-first.json"
             )
             baseline = headline(task, copied)
-            separation.append(separation_row(task, args.model, scores))
-            separation.append(separation_row(task, "copy-first", copied))
+            if "score_separation" in scores:  # sot and vos
+                separation.append(separation_row(task, args.model, scores))
+                separation.append(separation_row(task, "copy-first", copied))
         again = f"`python scripts/evaluate_bundled_model.py --tasks {task}`"
         rows.append(
             f"| {task} | {HEADLINES[task][0]} | {headline(task, scores)} | {baseline} | {again} |"

@@ -100,8 +100,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the model that --images/--data runs: a bundled model (default unipercept-tiny), "
         "a save_pretrained folder, a UNINEXT .pth (converted on the fly), a training run "
         "folder (its checkpoints/best, else its newest checkpoint), its checkpoints/ folder or "
-        "one checkpoint folder, a conf/model name with --weights, or copy-first (sot, vos: "
-        "the first frame's annotation in every frame, the baseline to beat)",
+        "one checkpoint folder, a conf/model name with --weights, or copy-first (the video "
+        f"tasks {', '.join(BASELINE_TASKS)}: the first frame's ground truth in every frame, the "
+        "baseline to beat)",
     )
     parser.add_argument(
         "--weights",
@@ -213,10 +214,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     """The scores of the parsed command; bad input raises ValueError (or OSError)."""
     sequences = _read_sequences(args.sequences) if args.sequences is not None else None
-    runs_model = args.images is not None or args.data is not None
-    if runs_model and args.model in BASELINES and args.task not in BASELINE_TASKS:
+    if args.model in BASELINES and args.task not in BASELINE_TASKS:
         raise ValueError(
-            f"the {args.model} baseline answers {' and '.join(BASELINE_TASKS)}, not {args.task}"
+            f"the {args.model} baseline answers the video tasks ({', '.join(BASELINE_TASKS)}): "
+            f"{args.task} has no first frame"
         )
     if args.task in REFERRING_TASKS or (args.task == "rvos" and args.data is not None):
         if args.data is None:
@@ -262,7 +263,9 @@ def _run_model(args: argparse.Namespace, sequences: Sequence[str] | None) -> Ans
         predict_vis(args.gt, args.images, args.results, predictor)
     else:
         with_masks = args.task == "mots"
-        predict_mot(args.images, args.results, predictor, args.categories, with_masks)
+        predict_mot(
+            args.images, args.results, predictor, args.categories, with_masks, truth=args.gt
+        )
     return None
 
 

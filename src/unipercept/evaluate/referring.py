@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unipercept.evaluate.baselines import mask_truth, start_session
+
 if TYPE_CHECKING:
+    import numpy as np
+
     from unipercept.api import Predictor
+    from unipercept.data.types import Frame, Sample
+    from unipercept.structures import Instances
 
 
 def _referring_spec(data: str, overrides: Sequence[str]):
@@ -35,6 +42,35 @@ def _referring_spec(data: str, overrides: Sequence[str]):
     return spec
 
 
+def _target_mask(frame: Frame, target_ids: Sequence[int]) -> np.ndarray:
+    """(H, W) uint8 the union of the target's masks in an annotated frame (0 where it is not
+    in the frame)."""
+    import numpy as np
+    import torch
+
+    from unipercept.structures.masks import RLEMasks
+
+    instances = frame.instances
+    masks = instances.masks
+    masks = masks.decode() if isinstance(masks, RLEMasks) else masks
+    target = torch.isin(instances.track_ids, torch.tensor(target_ids))
+    return masks[target].any(0).numpy().astype(np.uint8)
+
+
+def _first_target(sample: Sample, target_ids: Sequence[int]) -> Instances:
+    """The target's first-frame mask as one instance (for a baseline; empty where the target is
+    not in the first frame)."""
+    import torch
+
+    first = sample.frames[0]
+    if not first.annotated:
+        raise ValueError(
+            f"video {sample.sample_id}: its first frame has no masks, the truth the copy-first "
+            "baseline answers with"
+        )
+    return mask_truth(torch.from_numpy(_target_mask(first, target_ids)).bool()[None])
+
+
 def evaluate_rvos_model(
     data: str,
     predictor: Predictor,
@@ -52,7 +88,6 @@ def evaluate_rvos_model(
     from unipercept.data.io import load_image
     from unipercept.evaluation.davis import VosResult, evaluate_sequence
     from unipercept.evaluation.rvos import RefYouTubeVosSubmission
-    from unipercept.structures.masks import RLEMasks
 
     spec = _referring_spec(data, overrides)
     submission = RefYouTubeVosSubmission(results) if results is not None else None
@@ -64,18 +99,13 @@ def evaluate_rvos_model(
         names = [frame.image.stem for frame in sample.frames]
         for number, expression in enumerate(sample.expressions):
             predicted, truth = {}, {}
-            with predictor.start("rvos", expression.text) as session:
+            first = partial(_first_target, sample, expression.target_ids)
+            with start_session(predictor, "rvos", expression.text, first) as session:
                 for frame, name in zip(sample.frames, names, strict=True):
                     found = session.step(load_image(frame.image))
                     predicted[name] = found.masks[0].numpy().astype(np.uint8)
                     if frame.annotated:
-                        instances = frame.instances
-                        masks = instances.masks
-                        masks = masks.decode() if isinstance(masks, RLEMasks) else masks
-                        target = torch.isin(
-                            instances.track_ids, torch.tensor(expression.target_ids)
-                        )
-                        truth[name] = masks[target].any(0).numpy().astype(np.uint8)
+                        truth[name] = _target_mask(frame, expression.target_ids)
             sequence = f"{sample.sample_id}/{number}"
             objects.extend(evaluate_sequence(truth, predicted, sequence=sequence))
             if submission is not None:

@@ -3,12 +3,14 @@ folder (or a YouTube-VIS json) and write the result files the scorer reads.
 
 Frame folders are listed by :func:`unipercept.data.video.image_files`: every image suffix the
 project reads, in natural order (``2.jpg`` before ``10.jpg``), as ``predict`` and the dataset
-readers list them.
+readers list them. A baseline (``--model copy-first``) runs the same loops: sessions start through
+:func:`unipercept.evaluate.baselines.start_session`, which gives it the first-frame truth.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ from unipercept.evaluate.answers import (
     vos_always_answer,
     vos_answers,
 )
+from unipercept.evaluate.baselines import mot_first_frame, start_session, vis_first_frame
 
 if TYPE_CHECKING:
     import numpy as np
@@ -187,10 +190,15 @@ def predict_mot(
     predictor: Predictor,
     categories: Sequence[str] = ("person",),
     with_masks: bool = False,
+    truth: Path | None = None,
 ) -> Path:
     """Runs MOT (or MOTS with ``with_masks``) on a MOTChallenge folder (``<seq>/img1/*.jpg``),
     prompted with ``categories``; ``results/<seq>.txt`` in the MOTChallenge (or MOTS) txt
-    format, each file atomically. MOTS frames are kept as RLE until the file is written."""
+    format, each file atomically. MOTS frames are kept as RLE until the file is written.
+
+    ``truth`` is the ground truth the scorer reads (default ``gt``; for MOTS its txt folder):
+    only a baseline predictor sees it, its first frame (see
+    :func:`unipercept.evaluate.baselines.start_session`)."""
     from tqdm import tqdm
 
     from unipercept.data.io import load_image
@@ -202,10 +210,14 @@ def predict_mot(
     sequences = sorted(p for p in gt.iterdir() if (p / "img1").is_dir())
     if not sequences:
         raise ValueError(f"{gt}: no <sequence>/img1/ frame folders")
-    for folder in tqdm(sequences, desc="mot", unit="sequence"):
+    task = "mots" if with_masks else "mot"
+    truth_root = gt if truth is None else truth
+    for folder in tqdm(sequences, desc=task, unit="sequence"):
         tracked = []
-        with predictor.start("mots" if with_masks else "mot", list(categories)) as session:
-            for path in _frames(folder / "img1", folder.name):
+        frames = _frames(folder / "img1", folder.name)
+        first = partial(mot_first_frame, truth_root, folder.name, frames[0], with_masks)
+        with start_session(predictor, task, list(categories), first) as session:
+            for path in frames:
                 found = session.step(load_image(path)).replace(embeddings=None)
                 # Kept until the file is written: boxes and ids, and masks as RLE (MOTS).
                 masks = RLEMasks.from_dense(found.masks) if with_masks else None
@@ -229,7 +241,11 @@ def predict_vis(gt: Path, images: Path, results: Path, predictor: Predictor) -> 
     from tqdm import tqdm
 
     from unipercept.data.io import load_image, load_json
-    from unipercept.evaluation.vis import VisPrediction, write_vis_results
+    from unipercept.evaluation.vis import (
+        VisPrediction,
+        load_vis_ground_truth,
+        write_vis_results,
+    )
     from unipercept.structures.masks import rle_encode
 
     if not gt.is_file():
@@ -239,11 +255,17 @@ def predict_vis(gt: Path, images: Path, results: Path, predictor: Predictor) -> 
     if not categories or "videos" not in content:
         raise ValueError(f"{gt}: needs 'videos' and 'categories'")
     names = [c["name"] for c in categories]
+    ground_truth = cache(partial(load_vis_ground_truth, gt))  # read only for a baseline
+
+    def first_truth(video_id: int) -> Instances:
+        return vis_first_frame(ground_truth(), video_id, [c["id"] for c in categories])
+
     predictions = []
     for video in tqdm(content["videos"], desc="vis", unit="video"):
         length = len(video["file_names"])
         tracks: dict[int, list] = {}
-        with predictor.start("vis", names) as session:
+        first = partial(first_truth, video["id"])
+        with start_session(predictor, "vis", names, first) as session:
             for t, name in enumerate(video["file_names"]):
                 path = images / name
                 if not path.is_file():
