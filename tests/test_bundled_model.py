@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unipercept.api import Predictor
 from unipercept.modeling.pretrained import bundled_models
 
 pytestmark = pytest.mark.skipif(
@@ -109,7 +110,7 @@ def _mean_iou(boxes: list[list[float] | None], truth: list[list[float] | None]) 
 
 def test_rvos_follows_the_named_object_through_the_sample_video(model, sample, frames):
     """The README's main job keeps the named object in most frames."""
-    with model.start("rvos", sample.video_expression) as session:
+    with Predictor(model).start("rvos", sample.video_expression) as session:
         boxes = []
         for frame in frames:
             found = session.step(frame)
@@ -123,7 +124,7 @@ def test_mot_keeps_one_track_id_on_the_target(model, sample, frames):
     category = next(
         name for name in sample.categories.split(". ") if name in sample.video_expression
     )
-    with model.start("mot", category) as session:
+    with Predictor(model).start("mot", category) as session:
         tracked = [session.step(frame) for frame in frames]
     truth = sample.video_target_boxes
 

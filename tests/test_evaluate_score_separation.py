@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from unipercept import evaluate
+from unipercept.api import Predictor
 
 SEPARATION_KEYS = {
     "threshold",
@@ -198,7 +199,7 @@ def test_threshold_zero_session_gives_the_tasks_answers(task):
     prompt = AnnotationPrompt(frames[0], box=[x, y, x + w, y + h])
 
     def run(**options):
-        with model.start(task, prompt, update_interval=2, **options) as session:
+        with Predictor(model).start(task, prompt, update_interval=2, **options) as session:
             return [session.step(frame) for frame in frames]
 
     scores = torch.cat([a.scores for a in run(score_threshold=0.0, update_threshold=0.0)[1:]])

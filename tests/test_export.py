@@ -18,6 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from unipercept.api import Predictor
 from unipercept.data.synthetic import generate
 from unipercept.export.cli import main as export_main
 
@@ -95,7 +96,8 @@ def copy_run(run: Path, target: Path, *, best: str | None = None) -> Path:
 
 
 def detections(model, image: Path, preprocess=None) -> dict[str, torch.Tensor]:
-    found = model.predict(image, PROMPT, task="det", score_threshold=0.0, preprocess=preprocess)
+    predictor = Predictor(model, preprocess=preprocess)
+    found = predictor.predict(image, PROMPT, task="det", score_threshold=0.0)
     return {"boxes": found.boxes, "scores": found.scores, "labels": found.labels}
 
 

@@ -1,6 +1,6 @@
 """A tiny UniPercept exported for one task and prompt answers in onnxruntime and as a
 ``torch.export`` program what it answers in PyTorch: raw per-query outputs within 1e-4, and
-after the Python post-processing the same results as ``model.predict``; video tasks and bad
+after the Python post-processing the same results as ``Predictor.predict``; video tasks and bad
 arguments are refused before anything is traced or written."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.modeling.tiny import tiny_backbone, tiny_text_encoder
+from unipercept.api import Predictor
 from unipercept.data.synthetic.scenes import render_image
 from unipercept.export.graph import MASK_OUTPUT, NOT_EXPORTABLE, ExportMetadata
 from unipercept.export.onnx import export_onnx, export_program, program_metadata
@@ -192,7 +193,7 @@ def test_det_onnx_answers_like_predict(det_onnx, model, scenes):
     assert batch.image_sizes == expected_batch.image_sizes
     torch.testing.assert_close(batch.tensor, expected_batch.tensor)
     got = predictor.predict(scenes[0], **ANSWERS)
-    expected = model.predict(scenes[0], CATEGORIES, "det", **ANSWERS)
+    expected = Predictor(model).predict(scenes[0], CATEGORIES, "det", **ANSWERS)
     _assert_same_answers(got, expected, masks=False)
     # What a tracker takes (mot): the detections with their association embeddings.
     detector = DetectionTask(**ANSWERS)
@@ -212,12 +213,12 @@ def test_compare_reports_the_agreement(det_onnx, model, scenes):
 
     path, _ = det_onnx
     lines = compare(path, model, torch.from_numpy(scenes[0]).permute(2, 0, 1))
-    assert "the batch model.predict builds" in lines[0]
+    assert "the batch Predictor.predict builds" in lines[0]
     differences = {line.split()[0]: float(line.split()[-1]) for line in lines[2:7]}
     assert differences.keys() == {"logits", "quality", "scores", "boxes", "embeddings"}
     assert max(differences.values()) < ATOL
-    count = len(model.predict(scenes[0], CATEGORIES, "det"))
-    assert lines[7] == f"answers: {count} from the graph, {count} from model.predict"
+    count = len(Predictor(model).predict(scenes[0], CATEGORIES, "det"))
+    assert lines[7] == f"answers: {count} from the graph, {count} from Predictor.predict"
 
 
 @needs_onnxscript
@@ -254,7 +255,7 @@ def test_program_gives_the_same_outputs(model, scenes, tmp_path):
     with torch.no_grad():
         outputs = program.module()(batch.tensor, batch.valid)
     (got,) = postprocess(dict(zip(metadata.outputs, outputs, strict=True)), batch, metadata)
-    expected = model.predict(scenes[0], EXPRESSION, "res")
+    expected = Predictor(model).predict(scenes[0], EXPRESSION, "res")
     assert len(got) == 1
     _assert_same_answers(got, expected, masks=True)
 
@@ -282,7 +283,7 @@ def test_other_image_tasks_through_onnxruntime(task, model, scenes, tmp_path):
             torch.testing.assert_close(got[name], value, atol=ATOL, rtol=0, msg=name)
     options = ANSWERS if task == "insseg" else {}
     got = predictor.predict(scenes[0], **options)
-    expected = model.predict(scenes[0], prompt, task, **options)
+    expected = Predictor(model).predict(scenes[0], prompt, task, **options)
     _assert_same_answers(got, expected, masks=with_masks)
 
 

@@ -199,28 +199,31 @@ def test_an_interrupted_image_job_resumes_without_redoing_images(
     job = _job("insseg", inputs["images"], checkpoint, inputs)
     expected = _without_info(predict.run(job, tmp_path / "straight"))
 
-    calls = []
-    original = Predictor.predict
+    answered = []  # images per call
+    original = Predictor.predict_batch
 
-    def interrupted(self, *args, **kwargs):
-        if len(calls) == 2:
+    def interrupted(self, images, *args, **kwargs):
+        if len(answered) == 2:
             raise KeyboardInterrupt
-        calls.append(args)
-        return original(self, *args, **kwargs)
+        answered.append(len(images))
+        return original(self, images, *args, **kwargs)
 
-    monkeypatch.setattr(Predictor, "predict", interrupted)
+    monkeypatch.setattr(Predictor, "predict_batch", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         predict.run(job, out)
     assert not (out / "predictions.json").exists()
     assert len(list((out / predict.JOB_DIR / "items").iterdir())) == 2
 
-    calls.clear()
-    monkeypatch.setattr(
-        Predictor, "predict", lambda self, *a, **k: calls.append(a) or original(self, *a, **k)
-    )
-    assert _without_info(predict.run(job, out)) == expected
-    assert len(calls) == 1  # only the unfinished image
+    answered.clear()
+
+    def counted(self, images, *args, **kwargs):
+        answered.append(len(images))
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_batch", counted)
+    assert _without_info(predict.run(job, out, batch_size=3)) == expected
+    assert answered == [1]  # only the unfinished image
 
 
 @pytest.mark.parametrize(

@@ -266,9 +266,10 @@ def test_threads_are_settable_checked_and_restored(inputs, tmp_path, caplog, mon
     from unipercept.predict import cli
 
     seen = []
-    done = tmp_path / "predictions.json"
-    done.write_text('{"annotations": [], "images": []}')
-    monkeypatch.setattr(cli, "run", lambda *a, **k: seen.append(torch.get_num_threads()) or done)
+    done = predict.Outcome(tmp_path / "predictions.json", images=0, annotations=0)
+    monkeypatch.setattr(
+        cli, "run_job", lambda *a, **k: seen.append(torch.get_num_threads()) or done
+    )
     before = torch.get_num_threads()
     args = ["--task", "det", "--prompt", "cat", "--input", str(inputs["images"])]
     assert run_main([*args, "--output", str(tmp_path / "o"), "--threads", "1"]) == 0

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 
 def load_model(name_or_path: str = "unipercept-tiny", *, device=None):
-    """A model in eval mode, ready for ``model.predict(image, prompt)`` and
-    ``model.start(task, prompt)``: the bundled model of that name, a folder from
+    """A model in eval mode (for ``unipercept.api.Predictor(model)``, or
+    ``Predictor.from_pretrained`` in one step): the bundled model of that name, a folder from
     ``save_pretrained``, a UNINEXT ``.pth``, or a training run (its ``checkpoints/best``, else
     its newest checkpoint), its ``checkpoints/`` folder or one checkpoint folder; see
     :func:`unipercept.export.load_model`."""

@@ -1,7 +1,8 @@
 """The library API: a predictor around a model for images and videos.
 
-predictor = Predictor(model)
-instances = predictor.predict(image, "cat. dog", task="det")
+predictor = Predictor.from_pretrained("unipercept-tiny")
+instances = predictor.predict("street.png", "cat. dog", task="det")
+answers = predictor.predict_batch(["a.png", "b.png"], "cat. dog", task="det")
 with predictor.start("mot", "person") as session:
     for index, frame in open_frames("video.mp4"):
         tracked = session.step(frame)
@@ -20,6 +21,7 @@ from torch import Tensor
 from unipercept.data.preprocess import ImagePreprocessor
 from unipercept.modeling.outputs import PromptEmbedding
 from unipercept.modeling.unipercept import UniPercept
+from unipercept.precision import autocast, float32_instances, parse_dtype
 from unipercept.structures import Instances, Prompt
 from unipercept.tasks import TASKS, ImageTask, Task, VideoSession, VideoTask
 
@@ -118,25 +120,53 @@ def _options(cls: type) -> set[str]:
 
 
 class Predictor:
-    """Runs a model on images (:meth:`predict`) and videos (:meth:`start` a session).
+    """Runs a model on images (:meth:`predict`, :meth:`predict_batch`) and videos (:meth:`start`
+    a session).
 
     Args:
         model: the prompt-driven model (put in eval mode here): a UniPercept, or a UNINEXT
             model (:class:`~unipercept.modeling.uninext.model.Uninext`), which runs UNINEXT's
             own tasks (:mod:`unipercept.tasks.uninext`).
-        preprocess: resizing and normalisation of the user's images. By default
-            :class:`ImagePreprocessor`; for a UNINEXT model its ``default_preprocess()`` for
-            images and ``default_preprocess(video=True)`` for videos.
+        preprocess: resizing and normalisation of the user's images. By default the model's
+            ``default_preprocess()`` (``default_preprocess(video=True)`` for a UNINEXT model's
+            videos).
+        dtype: the precision of the forward passes: float32 (default), bfloat16 or float16
+            (a name or a torch dtype), run under ``torch.autocast`` on the model's device;
+            the weights stay as they are and results come back in float32.
     """
 
-    def __init__(self, model: UniPercept, *, preprocess: ImagePreprocessor | None = None) -> None:
+    def __init__(
+        self,
+        model: UniPercept,
+        *,
+        preprocess: ImagePreprocessor | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> None:
         self.model = model.eval()
+        self.dtype = parse_dtype(dtype)
+        default = getattr(model, "default_preprocess", None)
         if is_uninext(model):
             self.preprocess = preprocess or model.default_preprocess()
             self.video_preprocess = preprocess or model.default_preprocess(video=True)
         else:
-            self.preprocess = preprocess or ImagePreprocessor()
+            self.preprocess = preprocess or (default() if default else ImagePreprocessor())
             self.video_preprocess = None  # videos use ``preprocess``
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = "unipercept-tiny",
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        preprocess: ImagePreprocessor | None = None,
+    ) -> Predictor:
+        """A predictor on a loaded model: a bundled model's name, a ``save_pretrained``
+        folder, a UNINEXT ``.pth`` or a training run (see :func:`unipercept.load_model`)."""
+        from unipercept.export import load_model
+
+        dtype = parse_dtype(dtype)  # a bad name fails before the weights load
+        return cls(load_model(name_or_path, device=device), preprocess=preprocess, dtype=dtype)
 
     @property
     def device(self) -> torch.device:
@@ -152,39 +182,99 @@ class Predictor:
 
     def predict(
         self,
-        image: Tensor,
+        image: Any,
         prompt: Prompt | str | Sequence[str] | PromptEmbedding,
         task: str | ImageTask = "det",
         **options: Any,
     ) -> Instances:
-        """Results for one (3, H, W) uint8 image, in its pixels.
+        """Results for one image, in its pixels: ``predictor.predict("street.png", "person.
+        car")``.
 
         Args:
+            image: a path, a PIL image, an (H, W, 3) uint8 array, or a (3, H, W) tensor
+                (uint8 in 0..255, or float in [0, 1]).
             prompt: a prompt, or what the task makes one of (``"cat. dog"``, an expression),
                 or one already encoded by :meth:`encode` (for many images, one prompt).
-            task: an image task or its name (det, insseg, rec, res).
+            task: an image task or its name (det, insseg, rec, res); ``options`` go to the
+                task (e.g. ``score_threshold=0.3``).
         """
+        return self.predict_batch([image], prompt, task, **options)[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[Any],
+        prompt: Prompt | str | Sequence[str] | PromptEmbedding,
+        task: str | ImageTask = "det",
+        *,
+        batch_size: int | None = None,
+        **options: Any,
+    ) -> list[Instances]:
+        """Results for several images with one prompt, up to ``batch_size`` per forward pass
+        (default: as many as there are).
+
+        Padding-aware: only images that would be padded to the same canvas alone (the same size
+        after resizing, rounded up to the preprocessor's ``size_divisibility``) share a forward
+        pass, so no image is answered on a canvas larger than its own and each gets the answers
+        :meth:`predict` gives it (up to float rounding). Frames of a video, or photos from one
+        camera, all batch together; a mix of sizes runs as one batch per size.
+
+        Args:
+            images: what :meth:`predict` takes, for each image.
+            prompt, task, options: as :meth:`predict`; the prompt is encoded once.
+            batch_size: images per forward pass at most.
+
+        Returns:
+            one Instances per image, in the order given.
+        """
+        if isinstance(images, (str, Tensor)) or not isinstance(images, Sequence):
+            raise ValueError(
+                "images must be a list of images (paths, PIL images, arrays or tensors), got "
+                f"{type(images).__name__}; use predict() for one image"
+            )
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         resolved = resolve_task(task, model=self.model, **options)
-        if is_uninext(self.model):
-            return self._predict_uninext(image, prompt, resolved)
-        if not isinstance(resolved, ImageTask):
+        if not is_uninext(self.model) and not isinstance(resolved, ImageTask):
             raise ValueError(f"{resolved.name} is a video task: use start() and step()")
-        batch = self.preprocess([image], self.device)
-        prompts = (
-            prompt if isinstance(prompt, PromptEmbedding) else [self._prompt(resolved, prompt)]
-        )
-        with torch.no_grad():
-            output = self.model(batch, prompts)
-        return resolved.postprocess(output, batch)[0]
+        if not isinstance(prompt, PromptEmbedding) and not _is_uninext_text(prompt):
+            prompt = self.encode(prompt, resolved)
+        tensors = [as_image(image) for image in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(tensors):
+            groups.setdefault(self._canvas(image), []).append(index)
+        size = batch_size or max(1, len(tensors))
+        results: list[Instances | None] = [None] * len(tensors)
+        for indices in groups.values():
+            for first in range(0, len(indices), size):
+                chunk = indices[first : first + size]
+                found = self._forward([tensors[i] for i in chunk], prompt, resolved)
+                for index, instances in zip(chunk, found, strict=True):
+                    results[index] = instances
+        return results  # type: ignore[return-value]
 
-    def _predict_uninext(self, image: Tensor, prompt: Any, task: Task) -> Instances:
-        from unipercept.tasks.uninext import UninextImageTask
+    def _canvas(self, image: Tensor) -> tuple[int, int]:
+        """The padded (H, W) the preprocessor gives ``image`` alone (an empty image's own size:
+        the preprocessor refuses it, naming it)."""
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        if height == 0 or width == 0:
+            return height, width
+        height, width = self.preprocess.input_size(height, width)
+        step = max(1, int(self.preprocess.size_divisibility))
+        return -(-height // step) * step, -(-width // step) * step
 
-        if not isinstance(task, UninextImageTask):
-            raise ValueError(f"{task.name} is a video task: use start() and step()")
-        batch = self.preprocess([image], self.device)
-        with torch.no_grad():
-            return task.predict(self.model, batch, self._prompt(task, prompt))[0]
+    def _forward(self, images: list[Tensor], prompt: Any, task: Task) -> list[Instances]:
+        batch = self.preprocess(images, self.device)
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            if is_uninext(self.model):
+                from unipercept.tasks.uninext import UninextImageTask
+
+                if not isinstance(task, UninextImageTask):
+                    raise ValueError(f"{task.name} is a video task: use start() and step()")
+                found = task.predict(self.model, batch, prompt)
+            else:
+                output = self.model(batch, _repeat(prompt, len(images)))
+                found = task.postprocess(output, batch)
+        return [float32_instances(instances) for instances in found]
 
     def encode(
         self, prompt: Prompt | str | Sequence[str], task: str | ImageTask
@@ -200,6 +290,8 @@ class Predictor:
                 raise ValueError(f"{resolved.name} is a video task: its session encodes the prompt")
             with torch.no_grad():
                 return resolved.encode(self.model, self._prompt(resolved, prompt))
+        if not isinstance(resolved, ImageTask):
+            raise ValueError(f"{resolved.name} is a video task: its session encodes the prompt")
         with torch.no_grad():
             return self.model.encode_prompts([self._prompt(resolved, prompt)])
 
@@ -220,4 +312,28 @@ class Predictor:
         if not isinstance(resolved, VideoTask):
             raise ValueError(f"{resolved.name} is an image task: use predict()")
         preprocess = self.video_preprocess or self.preprocess
-        return resolved.start(self.model, self._prompt(resolved, prompt), preprocess)
+        session = resolved.start(self.model, self._prompt(resolved, prompt), preprocess)
+        session.dtype = self.dtype
+        return session
+
+
+def _is_uninext_text(prompt: Any) -> bool:
+    module = sys.modules.get("unipercept.tasks.uninext")
+    return module is not None and isinstance(prompt, module.UninextText)
+
+
+def _repeat(embedding: PromptEmbedding, count: int) -> PromptEmbedding:
+    """One encoded prompt for ``count`` images (an embedding of a batch of one, expanded)."""
+    if embedding.tokens.shape[0] == count:
+        return embedding
+    if embedding.tokens.shape[0] != 1:
+        raise ValueError(
+            f"the encoded prompt holds {embedding.tokens.shape[0]} prompts for {count} images; "
+            "encode one prompt for a batch"
+        )
+    return PromptEmbedding(
+        tokens=embedding.tokens.expand(count, -1, -1),
+        valid=embedding.valid.expand(count, -1),
+        pooling=embedding.pooling.expand(count, -1, -1),
+        class_valid=embedding.class_valid.expand(count, -1),
+    )

@@ -326,10 +326,14 @@ def test_rvos_vote_picks_one_trajectory_and_replays_it(predictor):
 # ---------------------------------------------------------------- the session contract
 
 
-def test_model_start_is_the_predictor_session(predictor):
-    session = predictor.model.start(
-        "mot", "square", preprocess=predictor.preprocess, tracker=TRACKERS["bytetrack"]
-    )
+def test_sessions_come_from_the_predictor_not_the_model(predictor):
+    """The model does not know the tasks (layers point down): no model.start / model.predict;
+    a Predictor on the model resizes as the model's default_preprocess by default."""
+    assert not hasattr(predictor.model, "start") and not hasattr(predictor.model, "predict")
+    default = Predictor(predictor.model).preprocess
+    expected = predictor.model.default_preprocess()
+    assert (default.short_size, default.max_size) == (expected.short_size, expected.max_size)
+    session = predictor.start("mot", "square", tracker=TRACKERS["bytetrack"])
     assert isinstance(session, TrackingSession) and session.model is predictor.model
     assert session.step(square_frame(0)).image_size == (HEIGHT, WIDTH)
 

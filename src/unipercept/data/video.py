@@ -1,6 +1,7 @@
 """Streaming video input and output: frames are decoded (or encoded) one at a time, so a video
 of any length runs in constant memory. :func:`open_frames` picks the :class:`FrameSource` for a
-video file, a folder, a glob pattern or a list of images; :class:`VideoWriter` writes MP4.
+video file, a folder, a glob pattern or a list of images; :class:`StreamSource` reads a live
+source (a capture device, an RTSP or HTTP(S) stream); :class:`VideoWriter` writes MP4.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import math
 import os
 import re
+import stat
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,7 +56,7 @@ class VideoInfo:
     width: int
 
 
-def _checked(frame: Tensor, path: Path, index: int, info: VideoInfo) -> Tensor:
+def _checked(frame: Tensor, path: str | Path, index: int, info: VideoInfo) -> Tensor:
     """``frame``, (3, H, W), once it is known to have the video's size."""
     if tuple(frame.shape[1:]) != (info.height, info.width):
         raise DatasetError(
@@ -245,6 +248,123 @@ def open_frames(path: str | Path | Sequence[str | Path]) -> FrameSource:
             raise FileNotFoundError(f"no image file matches the pattern {path}")
         return ImageListSource(matches)
     raise FileNotFoundError(f"no video file, frame folder or pattern at {path}")
+
+
+STREAM_SCHEMES = ("rtsp://", "http://", "https://")
+_DEVICE_NUMBER = re.compile(r"\d+")
+_DEVICE_PATH = re.compile(r"/dev/video\d+")
+
+
+def is_stream(location: str | Path) -> bool:
+    """Whether ``location`` names a live source rather than files: an ``rtsp://``, ``http://``
+    or ``https://`` URL, a capture device (a character device such as ``/dev/video0``, or a
+    ``/dev/videoN`` that is not there, to be reported as such) or a bare device number (``0``)
+    that is not also the name of a file or folder here. Other paths under ``/dev`` (a folder in
+    ``/dev/shm``) are files."""
+    text = str(location)
+    if text.lower().startswith(STREAM_SCHEMES):
+        return True
+    if text.startswith("/dev/"):
+        try:
+            return stat.S_ISCHR(os.stat(text).st_mode)
+        except OSError:
+            return bool(_DEVICE_PATH.fullmatch(text))
+    return bool(_DEVICE_NUMBER.fullmatch(text)) and not Path(text).exists()
+
+
+def _stream_target(location: str) -> tuple[str, str | None]:
+    """What FFmpeg opens for a live source, and its input format (None: from the URL).
+
+    Raises:
+        FileNotFoundError: a device path with no device behind it.
+        ValueError: a device number on a system without a known capture format.
+    """
+    if location.lower().startswith(STREAM_SCHEMES):
+        return location, None
+    if _DEVICE_NUMBER.fullmatch(location):
+        if sys.platform == "darwin":
+            return location, "avfoundation"
+        if not sys.platform.startswith("linux"):
+            raise ValueError(
+                f"capture device {location}: device numbers are read on Linux (/dev/videoN) "
+                "and macOS only"
+            )
+        location = f"/dev/video{location}"
+    try:
+        mode = os.stat(location).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no capture device {location}") from None
+    if not stat.S_ISCHR(mode):
+        raise ValueError(f"{location} is not a capture device (a character device file)")
+    return location, "v4l2"
+
+
+class StreamSource(FrameSource):
+    """Frames of a live source, decoded by PyAV (FFmpeg) as they arrive: a capture device
+    (``/dev/video0``, or ``0`` for it; on macOS a device number through AVFoundation) or an
+    ``rtsp://``, ``http://`` or ``https://`` URL.
+
+    The source is opened at construction (failures are :class:`DatasetError` naming it) and
+    stays open for the first pass; iterating again reconnects, so a live source gives new
+    frames, not the same ones. :attr:`info` has ``num_frames`` only when the stream announces a
+    length (a file served over HTTP), and ``fps`` when the stream gives a rate. Every frame must
+    keep the first one's size.
+
+    Args:
+        location: the device or URL.
+        timeout: seconds to wait for the connection and then for each read before the stream
+            counts as broken (None: wait forever).
+    """
+
+    def __init__(self, location: str, *, timeout: float | None = 30.0) -> None:
+        self.location = location
+        self.timeout = timeout
+        try:
+            self._target, self._format = _stream_target(location)
+        except (FileNotFoundError, ValueError) as error:
+            raise DatasetError(location, "live source", str(error)) from None
+        self._container: av.container.InputContainer | None = self._open()
+        stream = self._container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        self.info = VideoInfo(
+            num_frames=stream.frames or None,
+            fps=float(rate) if rate else None,
+            height=stream.codec_context.height,
+            width=stream.codec_context.width,
+        )
+        if self.info.height <= 0 or self.info.width <= 0:
+            self.close()
+            raise DatasetError(location, "live source", "the video stream has no frame size")
+
+    def _open(self) -> av.container.InputContainer:
+        try:
+            container = av.open(self._target, format=self._format, timeout=self.timeout)
+        except (av.FFmpegError, OSError) as error:
+            problem = f"cannot be opened ({error})"
+            raise DatasetError(self.location, "live source", problem) from None
+        if not container.streams.video:
+            container.close()
+            raise DatasetError(self.location, "live source", "it holds no video stream")
+        return container
+
+    def __iter__(self) -> Iterator[tuple[int, Tensor]]:
+        container = self._container or self._open()
+        self._container = container
+        index = 0
+        try:
+            for frame in container.decode(video=0):
+                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                yield index, _checked(pixels, self.location, index, self.info)
+                index += 1
+        except (av.FFmpegError, OSError) as error:
+            raise DatasetError(self.location, f"frame {index}", str(error)) from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
 
 class VideoWriter:

@@ -91,10 +91,10 @@ def _metadata(graph: Path) -> Any:
 
 def compare(graph: str | Path, model: Any, image: Any) -> list[str]:
     """The report's lines for ``graph`` against ``model`` on ``image`` (a path, array or
-    tensor, as ``model.predict`` takes).
+    tensor, as ``Predictor.predict`` takes).
 
-    The graph's answers are compared with ``model.predict``'s when the graph's canvas gives
-    the batch ``model.predict`` builds, else with the model's outputs on the graph's batch
+    The graph's answers are compared with ``Predictor.predict``'s when the graph's canvas gives
+    the batch ``Predictor.predict`` builds, else with the model's outputs on the graph's batch
     through the same post-processing.
     """
     import torch
@@ -118,7 +118,7 @@ def compare(graph: str | Path, model: Any, image: Any) -> list[str]:
     lines = [
         f"{graph.name} ({metadata.task}, {metadata.prompt!r}): image {tuple(pixels.shape[1:])} "
         f"-> {batch.image_sizes[0]} in a {canvas} canvas, "
-        + ("the batch model.predict builds" if same_batch else "not the batch predict builds"),
+        + ("the batch Predictor.predict builds" if same_batch else "not the batch predict builds"),
         f"{'output':<12} {'shape':<18} max |graph - pytorch|",
     ]
     for name, value in expected.items():
@@ -126,8 +126,10 @@ def compare(graph: str | Path, model: Any, image: Any) -> list[str]:
         lines.append(f"{name:<12} {tuple(value.shape)!s:<18} {difference:.2e}")
     answers = postprocess(got, batch, metadata)[0]
     if same_batch:
-        source = "model.predict"
-        reference = model.predict(pixels, metadata.prompt, metadata.task)
+        from unipercept.api import Predictor
+
+        source = "Predictor.predict"
+        reference = Predictor(model).predict(pixels, metadata.prompt, metadata.task)
     else:
         source = "PyTorch outputs post-processed"
         reference = postprocess(expected, batch, metadata)[0]

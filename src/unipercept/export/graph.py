@@ -4,7 +4,7 @@ The prompt is encoded once in PyTorch (the tokenizer and text encoder stay behin
 embedding becomes constant buffers of :class:`PromptedImageModel`, whose only inputs are a
 normalised image and its valid-pixel mask. The outputs are the raw per-query predictions of
 the last decoder layer; turning them into results (top-k, thresholds, suppression, resizing)
-stays in Python (:mod:`unipercept.export.runtime`), as for ``model.predict``.
+stays in Python (:mod:`unipercept.export.runtime`), as for ``Predictor.predict``.
 
 Only the image tasks (det, insseg, rec, res) can be exported: :data:`NOT_EXPORTABLE` says for
 each video task why.

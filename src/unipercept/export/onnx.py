@@ -4,7 +4,7 @@
     export_onnx(model, Path("det.onnx"), task="det", prompt="circle. square", height=160,
                 width=160)
     predictor = OnnxPredictor("det.onnx")         # unipercept.export.runtime
-    instances = predictor.predict(image)          # what model.predict(image, prompt) answers
+    instances = predictor.predict(image)          # what Predictor.predict(image, prompt) answers
 
 The prompt is encoded once in PyTorch and built into the graph as constants, so the graph
 needs no tokenizer or text encoder; one graph answers one prompt (export again for another:
@@ -12,7 +12,7 @@ it takes seconds to minutes). The graph's inputs are a normalised image on a fix
 its valid-pixel mask; its outputs are the last decoder layer's raw per-query predictions
 (:class:`~unipercept.export.graph.PromptedImageModel`). Top-k, thresholds, duplicate
 suppression and resizing to the original image stay in Python
-(:func:`unipercept.export.runtime.postprocess`), as in ``model.predict``.
+(:func:`unipercept.export.runtime.postprocess`), as in ``Predictor.predict``.
 
 Both formats come from one ``torch.export.export(strict=True)`` trace: strict (TorchDynamo)
 tracing folds the model's per-level Python loops over feature sizes into constants, which the

@@ -1,4 +1,4 @@
-"""Running an exported graph: the image in, the same answers as ``model.predict`` out.
+"""Running an exported graph: the image in, the same answers as ``Predictor.predict`` out.
 
     predictor = OnnxPredictor("det.onnx")              # onnxruntime, CPU by default
     instances = predictor.predict("street.png")        # Instances in the image's pixels
@@ -49,7 +49,7 @@ def letterbox(image: Any, metadata: ExportMetadata) -> ImageBatch:
     padded at the bottom and right to exactly the canvas.
 
     When the canvas is the padded size the model's preprocessor gives an image (e.g. an image
-    of the export's aspect ratio), this is the same batch that ``model.predict`` builds.
+    of the export's aspect ratio), this is the same batch that ``Predictor.predict`` builds.
 
     Args:
         image: a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor (uint8, or
@@ -142,7 +142,7 @@ def postprocess(
     metadata: ExportMetadata,
     **options: Any,
 ) -> list[Instances]:
-    """The task's results from the graph's outputs, as ``model.predict`` gives them.
+    """The task's results from the graph's outputs, as ``Predictor.predict`` gives them.
 
     Args:
         outputs, batch, metadata: as :func:`graph_output`.

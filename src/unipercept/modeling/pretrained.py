@@ -446,7 +446,7 @@ def load_model(
     """The model of a bundled name (``"unipercept-tiny"``), a pretrained folder, or a UNINEXT
     checkpoint (``.pth``, converted on the fly at UNINEXT's default sizes; ``python -m
     unipercept.convert uninext`` does it once), in eval mode, ready for
-    ``model.predict(image, prompt)`` and ``model.start(task, prompt)``."""
+    ``unipercept.api.Predictor(model)``."""
     path = Path(name_or_path)
     if path.suffix in (".pth", ".pt") and path.is_file():
         from unipercept.modeling.uninext.convert import load_uninext_checkpoint

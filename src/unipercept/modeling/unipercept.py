@@ -25,15 +25,15 @@ from unipercept.modeling.deformable_transformer import (
     inverse_sigmoid,
 )
 from unipercept.modeling.fusion import BiXAttnFusion
+from unipercept.modeling.heads import in_float32
 from unipercept.modeling.neck import MultiScaleNeck
 from unipercept.modeling.outputs import DecoderOutput, PromptEmbedding
 from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
 from unipercept.modeling.unipercept_heads import UniPerceptHeads
-from unipercept.structures import ImageBatch, Instances, Prompt
+from unipercept.structures import ImageBatch, Prompt
 
 if TYPE_CHECKING:
     from unipercept.data.preprocess import ImagePreprocessor
-    from unipercept.tasks import ImageTask, VideoSession, VideoTask
 
 
 class UniPercept(nn.Module):
@@ -155,7 +155,10 @@ class UniPercept(nn.Module):
         )
         hidden = states.hidden_states  # (L, B, Q, C)
         logits = torch.stack(
-            [head(h, classes) for head, h in zip(self.heads.retrieval, hidden, strict=True)]
+            [
+                in_float32(head, h, classes)
+                for head, h in zip(self.heads.retrieval, hidden, strict=True)
+            ]
         )
         padded = ~embedding.class_valid[None, :, None, :]  # padded prompt rows never score
         logits = logits.masked_fill(padded, torch.finfo(logits.dtype).min)
@@ -165,7 +168,10 @@ class UniPercept(nn.Module):
             else self._boxes(states.hidden_states, states.reference_points)
         )
         quality = torch.stack(
-            [head(h)[..., 0] for head, h in zip(self.heads.quality, hidden, strict=True)]
+            [
+                in_float32(head, h)[..., 0]
+                for head, h in zip(self.heads.quality, hidden, strict=True)
+            ]
         )
         image_sizes = torch.as_tensor(images.image_sizes, device=hidden.device)
         return DecoderOutput(
@@ -185,7 +191,7 @@ class UniPercept(nn.Module):
     def _boxes(self, hidden: Tensor, references: tuple[Tensor, ...]) -> Tensor:
         boxes = []
         for head, state, reference in zip(self.heads.box, hidden, references, strict=False):
-            delta, base = head(state), inverse_sigmoid(reference)
+            delta, base = in_float32(head, state), inverse_sigmoid(reference)
             if base.shape[-1] == 4:
                 boxes.append((delta + base).sigmoid())
             else:
@@ -203,54 +209,6 @@ class UniPercept(nn.Module):
         from unipercept.data.preprocess import ImagePreprocessor
 
         return ImagePreprocessor(**self.preprocess_settings)
-
-    def predict(
-        self,
-        image: Any,
-        prompt: Prompt | str | Sequence[str],
-        task: str | ImageTask = "det",
-        *,
-        preprocess: ImagePreprocessor | None = None,
-        **options: Any,
-    ) -> Instances:
-        """Results for one image: ``model.predict("street.png", "person. car")``.
-
-        Args:
-            image: a path, a PIL image, an (H, W, 3) uint8 array, or a (3, H, W) tensor: uint8
-                in 0..255 or float in [0, 1] (a float image with values above 1 is refused).
-            prompt: category names (``"cat. dog"``), an expression for rec/res, or a prompt.
-            task: det, insseg, rec or res (or an ImageTask); ``options`` go to the task
-                (e.g. ``score_threshold=0.3``).
-            preprocess: the resolution; default :meth:`default_preprocess`.
-
-        Returns:
-            Instances in the image's pixels (boxes xyxy, scores, labels, masks for
-            insseg/res). Puts the model in eval mode.
-        """
-        from unipercept.api import Predictor, as_image
-
-        predictor = Predictor(self, preprocess=preprocess or self.default_preprocess())
-        return predictor.predict(as_image(image), prompt, task=task, **options)
-
-    def start(
-        self,
-        task: str | VideoTask,
-        prompt: Prompt | str | Sequence[str] | Sequence[Prompt],
-        *,
-        preprocess: ImagePreprocessor | None = None,
-        **options: Any,
-    ) -> VideoSession:
-        """A video session on this model: ``session = model.start("mot", "person")``, then
-        ``session.step(frame)`` per frame and ``session.close()``.
-
-        The same as ``Predictor(model, preprocess=preprocess).start(task, prompt, **options)``
-        (see :class:`unipercept.api.Predictor`) with :meth:`default_preprocess` when none is
-        given; puts the model in eval mode.
-        """
-        from unipercept.api import Predictor
-
-        predictor = Predictor(self, preprocess=preprocess or self.default_preprocess())
-        return predictor.start(task, prompt, **options)
 
     def save_pretrained(self, folder: str | os.PathLike[str], **options: Any) -> Path:
         """Writes this model as a folder of safetensors weights and its resolved config; see

@@ -1,14 +1,20 @@
-"""The job's inputs: image files, videos, the sot/vos first-frame box or mask, the device."""
+"""The job's inputs: image files, videos (one, a folder of them, or a live source), the sot/vos
+first-frame box or mask, the device."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from unipercept.predict.job import InputError, Job
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 logger = logging.getLogger("unipercept.predict")
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"})
 
 
 def is_pattern(text: str) -> bool:
@@ -28,7 +34,12 @@ def image_inputs(path: str) -> list[Path] | None:
     if not files:
         what = "the folder holds" if candidate.is_dir() else "the pattern matches"
         suffixes = ", ".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
-        raise InputError(f"--input {path}: {what} no image file ({suffixes})")
+        hint = ""
+        if candidate.is_dir() and any(
+            p.suffix.lower() in VIDEO_SUFFIXES for p in candidate.iterdir()
+        ):
+            hint = "; a folder of videos is for the video tasks (or give one video)"
+        raise InputError(f"--input {path}: {what} no image file ({suffixes}){hint}")
     return files
 
 
@@ -46,26 +57,116 @@ def check_images(files: Sequence[Path]) -> list[tuple[int, int]]:
 
 
 def open_video(path: str):
-    from unipercept.data.video import open_frames
+    """The frame source of a video file, a folder or pattern of frames, or a live source."""
+    from unipercept.data.datasets.base import DatasetError
+    from unipercept.data.video import StreamSource, is_stream, open_frames
 
     try:
+        if is_stream(path):
+            return StreamSource(path)
         return open_frames(path)
+    except DatasetError as error:  # it names the input
+        raise InputError(f"--input: {error}") from None
     except (ValueError, OSError) as error:
         raise InputError(f"--input {path}: {error}") from None
 
 
-def first_frame(path: str):
-    from unipercept.data.datasets.base import DatasetError
+class Video:
+    """One opened video: its frames as ``(index, frame)``, the first one possibly read ahead
+    (sot/vos check their prompt on it, and a live source cannot give it twice).
 
-    source = open_video(path)
-    try:
-        for _, frame in source:
-            return frame
-    except DatasetError as error:
-        raise InputError(f"--input: {error}") from None
-    finally:
-        source.close()
-    raise InputError(f"--input {path}: the video has no frame")
+    Args:
+        location: a video file, a folder or pattern of frames, or a live source.
+    """
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.source = open_video(location)
+        self.info = self.source.info
+        self._frames = iter(self.source)
+        self._ahead: list[tuple[int, Any]] = []
+
+    def first_frame(self) -> Tensor:
+        """(3, H, W) uint8: frame 0, read ahead (the iteration still starts with it)."""
+        from unipercept.data.datasets.base import DatasetError
+
+        if not self._ahead:
+            try:
+                self._ahead.append(next(self._frames))
+            except StopIteration:
+                raise InputError(f"--input {self.location}: the video has no frame") from None
+            except DatasetError as error:
+                raise InputError(f"--input: {error}") from None
+        return self._ahead[0][1]
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        """Yields ``(index, frame)``; a damaged frame raises DatasetError."""
+        while self._ahead:
+            yield self._ahead.pop(0)
+        yield from self._frames
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def video_name(location: str) -> str:
+    """The name of a video's outputs (``<name>.overlay.mp4``): a file's or folder's stem, a
+    URL's last path part, ``frames`` for a pattern."""
+    from urllib.parse import urlsplit
+
+    from unipercept.data.video import STREAM_SCHEMES
+
+    if location.lower().startswith(STREAM_SCHEMES):
+        return Path(urlsplit(location).path).stem or "stream"
+    if is_pattern(location):
+        return "frames"
+    return Path(location.rstrip("/")).stem or "video"
+
+
+def video_inputs(path: str) -> list[tuple[str, str]] | None:
+    """The videos of a folder of videos, as ``(name, path)`` in natural order: its video files
+    (mp4, avi, mkv, mov, webm, m4v) and sub-folders of frames; None when ``path`` is one video
+    (a file, a pattern, a live source or a folder of frames). A name is the video's stem, or
+    its whole file name where two stems are alike.
+
+    Raises:
+        InputError: a folder holding both frames and videos, or neither.
+    """
+    from unipercept.data.video import image_files, natural_key
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    entries = sorted(
+        (
+            entry
+            for entry in folder.iterdir()
+            if not entry.name.startswith(".")
+            and (
+                (entry.is_file() and entry.suffix.lower() in VIDEO_SUFFIXES)
+                or (entry.is_dir() and image_files(entry))
+            )
+        ),
+        key=natural_key,
+    )
+    if image_files(folder):
+        if entries:
+            raise InputError(
+                f"--input {path}: the folder holds both frame images and videos ("
+                f"{entries[0].name}); give one video, or a folder of videos alone"
+            )
+        return None
+    if not entries:
+        suffixes = ", ".join(sorted(s.lstrip(".") for s in VIDEO_SUFFIXES))
+        raise InputError(
+            f"--input {path}: the folder holds no frame image, video file ({suffixes}) or "
+            "folder of frames"
+        )
+    stems = [entry.stem for entry in entries]
+    return [
+        (entry.stem if stems.count(entry.stem) == 1 else entry.name, str(entry))
+        for entry in entries
+    ]
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:

@@ -1,8 +1,17 @@
-"""Results as JSON: per-image records and the COCO-style ``predictions.json``."""
+"""Results as JSON: per-image records, and the COCO-style ``predictions.json`` assembled from
+them as a stream."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
 
 from unipercept.predict.job import CATEGORY_TASKS, EXPRESSION_TASKS, Job
 
@@ -81,42 +90,100 @@ def job_info(job: Job) -> dict[str, Any]:
     return {"unipercept_version": __version__, **job.key()}
 
 
-def coco_predictions(
+@dataclass(frozen=True)
+class Written:
+    """What a predictions file holds: its path and how many images and annotations."""
+
+    path: Path
+    images: int
+    annotations: int
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[TextIO]:
+    """A text file written in pieces that appears at ``path`` whole or not at all: written to a
+    temporary file beside it, flushed to disk and renamed; on any failure the temporary file is
+    removed and ``path`` is left as it was."""
+    from unipercept.data.io import default_permissions
+
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        default_permissions(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_predictions(
+    path: Path,
     job: Job,
-    names: list[str],
-    records: list[dict[str, Any]],
+    names: Sequence[str],
+    records: Iterable[dict[str, Any]],
+    *,
     video: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    tracks: list[dict[str, Any]] | None = None,
+) -> Written:
+    """Writes the COCO-style ``predictions.json`` (``info``, ``categories``, ``images``,
+    ``annotations``; ``videos`` and ``tracks`` for a video) from per-image records, atomically.
+
+    ``records`` (one per image or frame: ``file_name``, ``height``, ``width``, ... and its
+    ``annotations``) is consumed once, one record at a time, and none is kept: the images go
+    straight into the file and the annotations into a temporary spool file that is copied after
+    them, so a video of any length is assembled in constant memory. The text is what
+    ``json.dumps`` gives for the whole dictionary.
+    """
     from unipercept.structures import rle_area
 
-    images, annotations = [], []
-    for image_id, record in enumerate(records, start=1):
-        image = {k: v for k, v in record.items() if k != "annotations"}
-        image["id"] = image_id
-        if video is not None:
-            image["video_id"] = 1
-        images.append(image)
-        for annotation in record["annotations"]:
-            _, _, w, h = annotation["bbox"]
-            if "segmentation" in annotation:
-                area = float(rle_area([annotation["segmentation"]])[0])
-            else:
-                area = round(w * h, 2)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
+    images = annotations = 0
+    with atomic_file(path) as out, tempfile.TemporaryFile("w+", dir=path.parent) as spool:
+        categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+        out.write(f'{{"info": {json.dumps(job_info(job))}, ')
+        out.write(f'"categories": {json.dumps(categories)}, "images": [')
+        for image_id, record in enumerate(records, start=1):
+            image = {k: v for k, v in record.items() if k != "annotations"}
+            image["id"] = image_id
+            if video is not None:
+                image["video_id"] = 1
+            out.write((", " if images else "") + json.dumps(image))
+            images += 1
+            for annotation in record["annotations"]:
+                _, _, w, h = annotation["bbox"]
+                if "segmentation" in annotation:
+                    area = float(rle_area([annotation["segmentation"]])[0])
+                else:
+                    area = round(w * h, 2)
+                entry = {
+                    "id": annotations + 1,
                     "image_id": image_id,
                     "iscrowd": 0,
                     "area": area,
                     **annotation,
                 }
-            )
-    result: dict[str, Any] = {
-        "info": job_info(job),
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
-        "images": images,
-        "annotations": annotations,
-    }
-    if video is not None:
-        result["videos"] = [{"id": 1, **video}]
-    return result
+                spool.write((", " if annotations else "") + json.dumps(entry))
+                annotations += 1
+        out.write('], "annotations": [')
+        spool.seek(0)
+        shutil.copyfileobj(spool, out)
+        out.write("]")
+        if video is not None:
+            out.write(f', "videos": {json.dumps([{"id": 1, **video}])}')
+        if tracks:
+            out.write(f', "tracks": {json.dumps(tracks)}')
+        out.write("}")
+    return Written(path, images, annotations)
+
+
+def track_summaries(summary: Any) -> list[dict[str, Any]] | None:
+    """``tracks`` of a video's predictions from its session's :class:`VideoSummary`: each
+    track's id, category and score (None when the session gives none)."""
+    if summary is None or not summary.track_labels:
+        return None
+    return [
+        {"track_id": t, "category_id": label + 1, "score": round(score, 5)}
+        for t, (label, score) in sorted(summary.track_labels.items())
+    ]

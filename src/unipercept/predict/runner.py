@@ -1,300 +1,65 @@
-"""Running a job: image tasks image by image, video tasks through a session, frame by frame,
-with the finished work kept for resuming."""
+"""Running a job: its inputs checked, the model loaded, then image files, one video (a file, a
+folder or pattern of frames, a live source) or a folder of videos, with the finished work kept
+for resuming and ``predictions.json`` written last."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unipercept.predict.frames import LINES, SNAPSHOT, FramesDone, render_video, run_frames
+from unipercept.predict.images import run_images
 from unipercept.predict.inputs import (
+    Video,
     annotation_prompts,
     check_images,
-    first_frame,
     image_inputs,
-    is_pattern,
     open_video,
     parse_device,
+    video_inputs,
+    video_name,
 )
 from unipercept.predict.job import (
     ANNOTATION_TASKS,
     IMAGE_TASKS,
-    MASK_TASKS,
+    PREDICTIONS,
     SNAPSHOT_EVERY,
     VIDEO_TASKS,
     InputError,
     Job,
     JobFolder,
-    read_lines,
-    task_options,
+    iter_lines,
     validate,
 )
-from unipercept.predict.records import (
-    annotation_records,
-    category_names,
-    coco_predictions,
-    instances_from_record,
-)
+from unipercept.predict.records import category_names, job_info, write_predictions
 
 if TYPE_CHECKING:
+    from unipercept.api import Predictor
     from unipercept.modeling.unipercept import UniPercept
 
-
-def _progress(total: int | None, desc: str, initial: int = 0):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="frame", dynamic_ncols=True)
+VIDEOS_DIR = "predictions"  # a folder of videos: predictions/<video>.json
 
 
-def _overlay_name(files: Sequence[Path], index: int) -> str:
-    stems = [f.stem for f in files]
-    stem = files[index].stem
-    return f"{stem}.png" if stems.count(stem) == 1 else f"{index:06d}_{stem}.png"
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished job wrote.
 
+    Attributes:
+        path: ``predictions.json`` (for a folder of videos, the index of ``predictions/``).
+        images: images or frames answered.
+        annotations: results over all of them.
+        videos: the number of videos of a folder of videos, else None.
+        stopped: why a live source stopped early ("Ctrl-C", a broken stream), else None.
+    """
 
-def _prompt_flag(job: Job) -> str:
-    if job.task not in ANNOTATION_TASKS:
-        return "--prompt"
-    return "--box" if job.box is not None else "--mask"
-
-
-def _image_answerer(job: Job, model: UniPercept):
-    """image -> Instances for an image task, the prompt encoded once for all images."""
-    from unipercept.api import Predictor, as_image, resolve_task
-
-    task = resolve_task(job.task, model=model, **task_options(job))
-    predictor = Predictor(model, preprocess=model.default_preprocess())
-    try:
-        embedding = predictor.encode(job.prompt, task)
-    except ValueError as error:  # e.g. more tokens than the text encoder takes
-        raise InputError(f"{_prompt_flag(job)}: {error}") from None
-    return lambda image: predictor.predict(as_image(image), embedding, task=task)
-
-
-def _start_session(job: Job, model: UniPercept, prompt: Any, options: dict[str, Any]):
-    # model.start resizes as the model's default_preprocess: a UNINEXT model at its video
-    # resolution (video=True), a UniPercept at its one resolution.
-    try:
-        return model.start(job.task, prompt, **options)
-    except ValueError as error:  # the prompt does not fit the model
-        raise InputError(f"{_prompt_flag(job)}: {error}") from None
-
-
-class _InterruptBetweenFrames:
-    """Holds a Ctrl-C (SIGINT) that arrives while a frame is processed until the frame is
-    done, so the session saved on interrupt is whole; a second Ctrl-C stops at once. Only in
-    the main thread (where Python delivers signals); elsewhere it changes nothing."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _InterruptBetweenFrames:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._hold)
-        return self
-
-    def _hold(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def check(self) -> None:
-        """Raises the held KeyboardInterrupt (call between frames)."""
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def _run_images(job: Job, folder: JobFolder, model, files: list[Path], names: list[str]) -> dict:
-    """Image tasks on image files: each answered once, kept as items/<index>.json."""
-    from unipercept.data.io import load_image, write_text_atomic
-    from unipercept.visualize import draw_instances, save_png
-
-    sizes = check_images(files)
-    items = folder.state / "items"
-    items.mkdir(exist_ok=True)
-    overlays = folder.output / "overlays"
-    if not overlays.exists():
-        overlays.mkdir()
-        folder.created.append(overlays)
-    answer = _image_answerer(job, model)
-    done = {int(p.stem) for p in items.glob("*.json")}
-    for index in sorted(done):
-        saved = json.loads((items / f"{index:06d}.json").read_text(encoding="utf-8"))
-        if index >= len(files) or saved["file_name"] != str(files[index]):
-            raise InputError(
-                f"--input {job.input}: the images differ from those of the interrupted run in "
-                f"{folder.output}; pass --overwrite to start over"
-            )
-    with _progress(len(files), job.task, initial=len(done)) as bar:
-        for index, file in enumerate(files):
-            if index in done:
-                continue
-            try:
-                image = load_image(file)
-            except ValueError as error:
-                raise InputError(f"--input: {error}") from None
-            found = answer(image)
-            record = {
-                "file_name": str(file),
-                "height": sizes[index][0],
-                "width": sizes[index][1],
-                "annotations": annotation_records(found, job.task in MASK_TASKS),
-            }
-            save_png(
-                draw_instances(image, found, names=names), overlays / _overlay_name(files, index)
-            )
-            write_text_atomic(items / f"{index:06d}.json", json.dumps(record))
-            bar.update(1)
-    records = [json.loads((items / f"{i:06d}.json").read_text()) for i in range(len(files))]
-    return coco_predictions(job, names, records)
-
-
-def _run_video(
-    job: Job,
-    folder: JobFolder,
-    model,
-    frames_path: str,
-    names: list[str],
-    *,
-    image_task: bool,
-    annotations: list | None = None,
-    snapshot_every: int = SNAPSHOT_EVERY,
-) -> dict[str, Any]:
-    """A video (file, folder or pattern of frames): a session for a video task, or each frame
-    answered alone for an image task. ``annotations``: sot/vos's first-frame prompts. Returns
-    the predictions."""
-    from unipercept.data.datasets.base import DatasetError
-    from unipercept.tasks.snapshot import load_snapshot, save_snapshot
-
-    source = open_video(frames_path)
-    info = source.info
-    lines_path = folder.state / "frames.jsonl"
-    snapshot_path = folder.state / "session.pt"
-    options = task_options(job)
-    session = None
-    summary = None
-    done = 0
-    frames_iter = iter(source)
-    try:
-        if not image_task:
-            try:
-                first_index, first = next(frames_iter)
-            except StopIteration:
-                raise InputError(f"--input {frames_path}: the video has no frame") from None
-            if job.task in ANNOTATION_TASKS:
-                prompt = annotations
-                names[:] = category_names(job, len(prompt))
-            else:
-                prompt = job.prompt
-            session = _start_session(job, model, prompt, options)
-            pending = [(first_index, first)]
-            if snapshot_path.is_file():
-                try:
-                    done = int(load_snapshot(snapshot_path, session)["frames"])
-                except (ValueError, KeyError, TypeError) as error:  # KeyError: no frames
-                    raise InputError(
-                        f"--output {folder.output}: the unfinished job's session snapshot is "
-                        f"damaged ({error}); pass --overwrite to start over"
-                    ) from None
-            records = read_lines(lines_path, done)
-        else:
-            answer = _image_answerer(job, model)
-            pending = []
-            records = read_lines(lines_path)
-            done = len(records)
-
-        def stream() -> Iterator[tuple[int, Any]]:
-            yield from pending
-            yield from frames_iter
-
-        with (
-            open(lines_path, "a", encoding="utf-8") as lines,
-            _progress(info.num_frames, job.task, initial=done) as bar,
-            _InterruptBetweenFrames() as interrupt,
-        ):
-            stepping = False  # a session interrupted inside step() may be half-updated
-            try:
-                for index, frame in stream():
-                    if index < done:
-                        continue
-                    if session is not None:
-                        stepping = True
-                        found = session.step(frame)
-                        stepping = False
-                    else:
-                        found = answer(frame)
-                    record = {
-                        "file_name": f"{Path(frames_path).name}#{index}",
-                        "frame_index": index,
-                        "height": int(frame.shape[1]),
-                        "width": int(frame.shape[2]),
-                        "annotations": annotation_records(found, job.task in MASK_TASKS),
-                    }
-                    lines.write(json.dumps(record) + "\n")
-                    records.append(record)
-                    done += 1
-                    bar.update(1)
-                    if session is not None and done % snapshot_every == 0:
-                        lines.flush()
-                        os.fsync(lines.fileno())
-                        save_snapshot(snapshot_path, session, {"frames": done})
-                    interrupt.check()  # a Ctrl-C held during this frame stops here
-            except KeyboardInterrupt:
-                # Between frames the session is whole and is saved; inside a step (a second
-                # Ctrl-C, or one outside the main thread) it is not, and the last periodic
-                # snapshot stands (the frames after it are redone).
-                if session is not None and not stepping:
-                    lines.flush()
-                    os.fsync(lines.fileno())
-                    save_snapshot(snapshot_path, session, {"frames": done})
-                raise
-        if session is not None:
-            summary = session.close()
-    except DatasetError as error:
-        raise InputError(f"--input: {error}") from None
-    finally:
-        source.close()
-    video = {"file_name": frames_path, "length": done, "height": info.height, "width": info.width}
-    if info.fps:
-        video["fps"] = info.fps
-    predictions = coco_predictions(job, names, records, video=video)
-    if summary is not None and summary.track_labels:
-        predictions["tracks"] = [
-            {"track_id": t, "category_id": label + 1, "score": round(score, 5)}
-            for t, (label, score) in sorted(summary.track_labels.items())
-        ]
-    return predictions
-
-
-def render_video(
-    frames_path: str, predictions: dict[str, Any], names: Sequence[str], out: Path
-) -> Path:
-    """Draws the predictions on the video's frames into an MP4 (colours per track id)."""
-    from unipercept.data.video import VideoWriter
-    from unipercept.visualize import draw_instances
-
-    source = open_video(frames_path)
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for annotation in predictions["annotations"]:
-        by_image.setdefault(annotation["image_id"], []).append(annotation)
-    info = source.info
-    images = predictions["images"]
-    with source, VideoWriter(out, fps=info.fps or 10.0, width=info.width, height=info.height) as w:
-        for index, frame in source:
-            if index >= len(images):
-                break
-            record = {**images[index], "annotations": by_image.get(images[index]["id"], [])}
-            w.write(draw_instances(frame, instances_from_record(record), names=names))
-    return out
+    path: Path
+    images: int
+    annotations: int
+    videos: int | None = None
+    stopped: str | None = None
 
 
 def run(
@@ -306,31 +71,150 @@ def run(
     overwrite: bool = False,
     snapshot_every: int = SNAPSHOT_EVERY,
     model: UniPercept | None = None,
+    batch_size: int = 1,
+    on_frame: Callable[[int], None] | None = None,
 ) -> Path:
     """Runs a predict job into ``output``; returns the path of ``predictions.json``.
 
     ``model`` is a model already loaded (for several jobs in one process); by default
-    ``job.checkpoint`` is loaded onto ``device``.
+    ``job.checkpoint`` is loaded onto ``device``. ``batch_size``: images (or an image task's
+    video frames) per forward pass. ``on_frame``: called with the frames done so far after
+    each frame of a video.
 
     Raises:
         InputError: bad input (nothing this run wrote is left behind).
-        KeyboardInterrupt: interrupted; the finished work stays for a rerun to resume.
+        KeyboardInterrupt: interrupted; the finished work stays for a rerun to resume, and a
+            job that finished nothing leaves nothing behind (a live source stops cleanly on the
+            first Ctrl-C instead, and is never resumed).
         Exception: any other failure; finished work stays for a rerun, and a job that
             finished nothing leaves nothing behind.
     """
+    return run_job(
+        job,
+        output,
+        device=device,
+        save_video=save_video,
+        overwrite=overwrite,
+        snapshot_every=snapshot_every,
+        model=model,
+        batch_size=batch_size,
+        on_frame=on_frame,
+    ).path
+
+
+def run_job(
+    job: Job,
+    output: Path,
+    *,
+    device: str = "auto",
+    save_video: bool = False,
+    overwrite: bool = False,
+    snapshot_every: int = SNAPSHOT_EVERY,
+    model: UniPercept | None = None,
+    batch_size: int = 1,
+    on_frame: Callable[[int], None] | None = None,
+) -> Outcome:
+    """:func:`run`, returning what was written (the command line reports it)."""
+    from unipercept.data.video import is_stream
+
+    validate(job)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"--batch-size must be a whole number of at least 1, got {batch_size}")
+    if batch_size > 1 and job.task in VIDEO_TASKS:
+        raise InputError(
+            f"--batch-size applies to the image tasks ({', '.join(IMAGE_TASKS)}); a {job.task} "
+            "session steps through the frames one at a time"
+        )
+    live = is_stream(job.input)
+    files = videos = video = annotations = None
+    if not live and job.task in IMAGE_TASKS:
+        files = image_inputs(job.input)  # None for a video file
+    elif not live:
+        videos = video_inputs(job.input)  # None for one video
+    if files is not None:
+        if job.max_frames is not None:
+            raise InputError(
+                f"--max-frames applies to a video or a live source; --input {job.input} is "
+                "images (each is answered)"
+            )
+        check_images(files)
+    elif videos is not None:
+        if job.task in ANNOTATION_TASKS:
+            raise InputError(
+                f"--input {job.input} is a folder of {len(videos)} videos; {job.task} follows a "
+                "target given in one video's first frame: give that video"
+            )
+        for _, location in videos:  # every header read before any work
+            open_video(location).close()
+    else:
+        video = Video(job.input)
+    try:
+        if video is not None and job.task in ANNOTATION_TASKS:
+            # --box / --mask checked against the first frame (which the session then starts on)
+            annotations = annotation_prompts(job, video.first_frame())
+        predictor = _predictor(job, model, device)
+        outputs = [] if videos is None else [f"{VIDEOS_DIR}/{name}.json" for name, _ in videos]
+        if save_video and files is None:
+            named = [video_name(job.input)] if videos is None else [n for n, _ in videos]
+            outputs += [f"{name}.overlay.mp4" for name in named]
+        folder = JobFolder(output, job, resumable=not live, outputs=outputs)
+        folder.prepare(overwrite)
+    except BaseException:
+        if video is not None:
+            video.close()
+        raise
+    names = category_names(job, len(annotations or [None]))
+    try:
+        if files is not None:
+            written = run_images(job, folder, predictor, files, names, batch_size=batch_size)
+            outcome = Outcome(written.path, written.images, written.annotations)
+        elif videos is not None:
+            outcome = _run_videos(
+                job,
+                folder,
+                predictor,
+                videos,
+                names,
+                save_video=save_video,
+                batch_size=batch_size,
+                snapshot_every=snapshot_every,
+                on_frame=on_frame,
+            )
+        else:
+            assert video is not None
+            outcome = _run_video(
+                job,
+                folder,
+                predictor,
+                video,
+                names,
+                prompt=annotations if annotations is not None else job.prompt,
+                live=live,
+                save_video=save_video,
+                batch_size=batch_size,
+                snapshot_every=snapshot_every,
+                on_frame=on_frame,
+            )
+    except InputError:
+        folder.discard()
+        raise
+    except BaseException:  # a failure, or Ctrl-C (KeyboardInterrupt)
+        if not folder.has_progress():  # nothing to resume: a rerun starts afresh
+            folder.discard()
+        raise
+    folder.finish()
+    return outcome
+
+
+def _predictor(job: Job, model: UniPercept | None, device: str) -> Predictor:
+    """The job's predictor: ``model``, or the job's checkpoint loaded onto ``device``, at the
+    job's precision. (Its default preprocessing is the model's own: for a UNINEXT model the
+    image resolution for images and the video resolution for sessions.)"""
+    from unipercept.api import Predictor
     from unipercept.export import load_model
     from unipercept.modeling.pretrained import PretrainedError
     from unipercept.offline import MissingWeightsError
 
-    validate(job)
-    files = None if job.task in VIDEO_TASKS else image_inputs(job.input)
-    annotations = None
-    if files is not None:
-        check_images(files)
-    elif job.task in ANNOTATION_TASKS:  # --box / --mask checked against the first frame
-        annotations = annotation_prompts(job, first_frame(job.input))
-    else:
-        open_video(job.input).close()
     if model is None:
         torch_device = parse_device(device)
         try:
@@ -339,34 +223,113 @@ def run(
             raise InputError(f"--checkpoint: {error}") from None
         except MissingWeightsError as error:
             raise InputError(str(error)) from None
+    return Predictor(model, dtype=job.dtype)
 
-    folder = JobFolder(output, job)
-    folder.prepare(overwrite)
-    names = category_names(job)
-    try:
-        if files is not None:
-            predictions = _run_images(job, folder, model, files, names)
-            video_out = None
-        else:
-            predictions = _run_video(
-                job,
-                folder,
-                model,
-                job.input,
-                names,
-                image_task=job.task in IMAGE_TASKS,
-                annotations=annotations,
-                snapshot_every=snapshot_every,
+
+def _video_entry(location: str, video: Video, done: FramesDone) -> dict[str, Any]:
+    info = video.info
+    entry = {"file_name": location, "length": done.frames, "height": info.height}
+    entry["width"] = info.width
+    if info.fps:
+        entry["fps"] = info.fps
+    return entry
+
+
+def _run_video(
+    job: Job,
+    folder: JobFolder,
+    predictor: Predictor,
+    video: Video,
+    names: list[str],
+    *,
+    prompt: Any,
+    live: bool,
+    save_video: bool,
+    **options: Any,
+) -> Outcome:
+    """One video into ``predictions.json``, assembled from ``frames.jsonl`` one frame at a
+    time (and its overlay video with ``save_video``)."""
+    overlay = folder.output / f"{video_name(job.input)}.overlay.mp4" if save_video else None
+    done = run_frames(
+        job,
+        predictor,
+        video,
+        folder.state,
+        names=names,
+        prompt=prompt,
+        live=live,
+        overlay=overlay if live else None,
+        **options,
+    )
+    lines = folder.state / LINES
+    if overlay is not None and not live:
+        render_video(job.input, iter_lines(lines), names, overlay)
+    written = write_predictions(
+        folder.output / PREDICTIONS,
+        job,
+        names,
+        iter_lines(lines),
+        video=_video_entry(job.input, video, done),
+        tracks=done.tracks,
+    )
+    return Outcome(written.path, written.images, written.annotations, stopped=done.stopped)
+
+
+def _run_videos(
+    job: Job,
+    folder: JobFolder,
+    predictor: Predictor,
+    videos: list[tuple[str, str]],
+    names: list[str],
+    *,
+    save_video: bool,
+    **options: Any,
+) -> Outcome:
+    """A folder of videos: each into ``predictions/<name>.json`` as it finishes (a rerun skips
+    the finished ones and resumes the one interrupted), then ``predictions.json``, their index.
+    """
+    from unipercept.data.io import write_text_atomic
+
+    out = folder.make_dir(VIDEOS_DIR)
+    entries = []
+    for number, (name, location) in enumerate(videos, start=1):
+        state = folder.state / "videos" / name
+        finished = state / "done.json"
+        if not finished.is_file():
+            state.mkdir(parents=True, exist_ok=True)
+            video = Video(location)
+            desc = f"{job.task} {number}/{len(videos)} {name}"
+            done = run_frames(
+                job, predictor, video, state, names=names, prompt=job.prompt, desc=desc, **options
             )
-            stem = "frames" if is_pattern(job.input) else Path(job.input.rstrip("/")).stem
-            video_out = folder.output / f"{stem}.overlay.mp4"
-        if save_video and video_out is not None:
-            render_video(job.input, predictions, names, video_out)
-    except InputError:
-        folder.discard()
-        raise
-    except Exception:
-        if not folder.has_progress():  # nothing to resume: a rerun starts afresh
-            folder.discard()
-        raise
-    return folder.finish(predictions)
+            lines = state / LINES
+            if save_video:
+                overlay = folder.output / f"{name}.overlay.mp4"
+                render_video(location, iter_lines(lines), names, overlay)
+            written = write_predictions(
+                out / f"{name}.json",
+                job,
+                names,
+                iter_lines(lines),
+                video=_video_entry(location, video, done),
+                tracks=done.tracks,
+            )
+            entry = {
+                "name": name,
+                "file_name": location,
+                "predictions": f"{VIDEOS_DIR}/{name}.json",
+                "length": written.images,
+                "annotations": written.annotations,
+            }
+            write_text_atomic(finished, json.dumps(entry))
+            lines.unlink()
+            (state / SNAPSHOT).unlink(missing_ok=True)
+        entries.append({"id": number, **json.loads(finished.read_text(encoding="utf-8"))})
+    index = {"info": job_info(job), "videos": entries}
+    path = write_text_atomic(folder.output / PREDICTIONS, json.dumps(index, indent=1))
+    return Outcome(
+        path,
+        images=sum(e["length"] for e in entries),
+        annotations=sum(e["annotations"] for e in entries),
+        videos=len(entries),
+    )

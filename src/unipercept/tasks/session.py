@@ -20,6 +20,7 @@ from unipercept.data.preprocess import ImagePreprocessor
 from unipercept.modeling.outputs import PromptEmbedding
 from unipercept.modeling.prompt import concat_templates, template_embedding
 from unipercept.modeling.unipercept import UniPercept
+from unipercept.precision import autocast, float32_instances
 from unipercept.structures import AnnotationPrompt, Instances, boxes_to_masks
 from unipercept.tasks.base import boxes_in_original, combined_scores, masks_in_original
 from unipercept.tasks.det import DetectionTask, InstanceSegmentationTask
@@ -52,6 +53,9 @@ class VideoSession(ABC):
         self.frames_seen = 0
         self.frame_size: tuple[int, int] | None = None  # (H, W) of the video's frames
         self.closed = False
+        # The precision of each step's forward (set by Predictor(dtype=...)); results are
+        # float32 whatever it is.
+        self.dtype = torch.float32
 
     @property
     def device(self) -> torch.device:
@@ -81,10 +85,10 @@ class VideoSession(ABC):
                 f"{self.frame_size[1]}x{self.frame_size[0]}; a session follows one video of "
                 "one size (resize the frame, or start a new session)"
             )
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, self.dtype):
             result = self._step(frame)
         self.frames_seen += 1
-        return result
+        return float32_instances(result)
 
     def run(self, frames: Iterable[Tensor]) -> Iterator[Instances]:
         """Steps through ``frames`` (e.g. a :class:`~unipercept.data.video.FrameSource`'s

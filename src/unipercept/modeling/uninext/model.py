@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +28,6 @@ from unipercept.modeling.uninext.transformer import (
     TransformerOutput,
     UninextTransformer,
 )
-
-if TYPE_CHECKING:
-    from unipercept.structures import Instances, Prompt
-    from unipercept.tasks import Task, VideoSession
 
 # The resolutions UNINEXT evaluates at, where the model's settings give none: images 800/1333
 # (detectron2's defaults), videos 480 (its VIS-19, VOS and R-VOS configs).
@@ -149,54 +144,6 @@ class Uninext(nn.Module):
             max_size=max_size or settings["max_size"],
             size_divisibility=self.size_divisibility,
         )
-
-    def predict(
-        self,
-        image: Any,
-        prompt: Prompt | str | Sequence[str],
-        task: str | Task = "det",
-        *,
-        preprocess: UninextPreprocessor | None = None,
-        **options: Any,
-    ) -> Instances:
-        """Results for one image: ``model.predict("street.png", "person. car")``.
-
-        Args:
-            image: a path, a PIL image, an (H, W, 3) uint8 array, or a (3, H, W) tensor (uint8,
-                or float in [0, 1]).
-            prompt: category names (``"cat. dog"``), an expression for rec/res, or a prompt.
-            task: det, insseg, rec or res (or a task object); ``options`` go to the task (e.g.
-                ``score_threshold=0.3``).
-            preprocess: the resolution; default :meth:`default_preprocess`.
-
-        Returns:
-            Instances in the image's pixels (boxes xyxy, scores, labels, masks for
-            insseg/res). Puts the model in eval mode.
-        """
-        from unipercept.api import Predictor, as_image
-
-        predictor = Predictor(self, preprocess=preprocess)
-        return predictor.predict(as_image(image), prompt, task=task, **options)
-
-    def start(
-        self,
-        task: str | Task,
-        prompt: Prompt | str | Sequence[str] | Sequence[Prompt],
-        *,
-        preprocess: UninextPreprocessor | None = None,
-        **options: Any,
-    ) -> VideoSession:
-        """A video session on this model: ``session = model.start("mot", "person")``, then
-        ``session.step(frame)`` per frame and ``session.close()``.
-
-        The same as ``Predictor(model, preprocess=preprocess).start(task, prompt, **options)``
-        (see :class:`unipercept.api.Predictor`): :meth:`default_preprocess` with ``video=True``
-        when none is given; puts the model in eval mode.
-        """
-        from unipercept.api import Predictor
-
-        predictor = Predictor(self, preprocess=preprocess)
-        return predictor.start(task, prompt, **options)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, 256, Ct) BERT's last hidden state."""
