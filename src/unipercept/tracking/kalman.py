@@ -78,20 +78,8 @@ class BoxKalmanFilter:
             ``(mean, covariance)``: (N, 8) states and (N, 8, 8) diagonal covariances.
         """
         height = measurements[:, 3]  # (N,)
-        position = 2 * self.std_weight_position * height
-        velocity = 10 * self.std_weight_velocity * height
-        std = torch.stack(
-            (
-                position,
-                position,
-                torch.full_like(height, 1e-2),
-                position,
-                velocity,
-                velocity,
-                torch.full_like(height, 1e-5),
-                velocity,
-            ),
-            dim=1,
+        std = _state_std(
+            height, 2 * self.std_weight_position * height, 10 * self.std_weight_velocity * height
         )  # (N, 8)
         mean = torch.cat((measurements, torch.zeros_like(measurements)), dim=1)  # (N, 8)
         return mean, torch.diag_embed(std.square())
@@ -108,20 +96,8 @@ class BoxKalmanFilter:
             noise ``Q`` scaled by each box's height before the step.
         """
         height = mean[:, 3]  # (N,)
-        position = self.std_weight_position * height
-        velocity = self.std_weight_velocity * height
-        std = torch.stack(
-            (
-                position,
-                position,
-                torch.full_like(height, 1e-2),
-                position,
-                velocity,
-                velocity,
-                torch.full_like(height, 1e-5),
-                velocity,
-            ),
-            dim=1,
+        std = _state_std(
+            height, self.std_weight_position * height, self.std_weight_velocity * height
         )  # (N, 8)
         motion = self._motion(mean)  # (8, 8)
         mean = mean @ motion.T
@@ -177,3 +153,12 @@ class BoxKalmanFilter:
         measured = self.MEASUREMENT_DIM
         motion[:measured, measured:] = torch.eye(measured, dtype=like.dtype, device=like.device)
         return motion
+
+
+def _state_std(height: Tensor, position: Tensor, velocity: Tensor) -> Tensor:
+    """(N, 8) standard deviations of (cx, cy, aspect, h) and their velocities: ``position`` and
+    ``velocity`` (each (N,), scaled by the box height) for the box terms, fixed small ones for
+    the aspect ratio and its velocity (as DeepSORT and ByteTrack)."""
+    aspect, aspect_velocity = torch.full_like(height, 1e-2), torch.full_like(height, 1e-5)
+    columns = (position, position, aspect, position, velocity, velocity, aspect_velocity, velocity)
+    return torch.stack(columns, dim=1)
