@@ -35,13 +35,14 @@ from unipercept.data.video import open_frames
 threads, count = int(sys.argv[1]), int(sys.argv[2])
 if threads:
     torch.set_num_threads(threads)
-model = unipercept.load_model()
+from unipercept.api import Predictor
+predictor = Predictor(unipercept.load_model())
 sample = samples()
 with open_frames(sample.video) as source:
     frames = [frame for _, frame in source][:count]
 times = []
 for timed in (False, True):
-    with model.start("mot", sample.categories) as session:
+    with predictor.start("mot", sample.categories) as session:
         for frame in frames:
             start = time.perf_counter()
             session.step(frame)

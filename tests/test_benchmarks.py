@@ -55,6 +55,9 @@ def test_detector_benchmark_agrees_and_times_both_models(tmp_path):
             "224",
             "--repeats",
             "1",
+            "--dtypes",
+            "float32",
+            "bfloat16",
             "--json",
             str(out),
         ],
@@ -64,9 +67,41 @@ def test_detector_benchmark_agrees_and_times_both_models(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     records = {r["implementation"]: r for r in json.loads(out.read_text())}
-    assert {"transformers", "unipercept-pytorch-attention"} <= set(records)
+    assert {"transformers", "transformers-bf16", "unipercept-pytorch-attention"} <= set(records)
     assert records["transformers"]["speedup_vs_transformers"] == 1.0
     assert "max logit difference" in result.stdout
+    for record in records.values():
+        assert record["malloc"]["keep_freed_memory"] is False  # glibc's defaults unless asked
+        assert record["faults_per_forward"] >= 0
+    # Same weights, same precision: the same top-100 detections.
+    assert records["unipercept-pytorch-attention"]["top100_matched"] == 1.0
+    bf16 = records["transformers-bf16"]
+    assert bf16["dtype"] == "bfloat16" and bf16["speedup_vs_transformers_same_dtype"] == 1.0
+    assert 0.0 <= bf16["own_fp32_top100_matched"] <= 1.0
+    if msda_backend("cpu") == "cpu":
+        assert records["unipercept"]["top100_matched"] == 1.0
+        assert records["unipercept-bf16"]["own_fp32_top100_max_box_px"] < 5.0
+
+
+def test_allocator_benchmark_compares_settings_in_separate_processes(tmp_path):
+    out = tmp_path / "allocator.json"
+    script = str(REPO_ROOT / "benchmarks" / "allocator.py")
+    arguments = ["--rounds", "1", "--repeats", "1", "--height", "96", "--width", "128"]
+    result = subprocess.run(
+        [sys.executable, script, *arguments, "--workloads", "ours", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {
+        "glibc default",
+        "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=16GiB",
+        "keep_freed_memory()",
+    }
+    assert rows["glibc default"]["speedup_vs_default"] == 1.0
+    assert all(r["ms"] > 0 and r["faults"] >= 0 and r["peak_rss_mb"] > 0 for r in rows.values())
 
 
 def test_matrix_nms_benchmark_times_every_implementation(tmp_path):
@@ -134,21 +169,36 @@ def test_predict_benchmark_times_det_and_mot_against_the_forward_pass(tmp_path):
     out = tmp_path / "predict.json"
     script = str(REPO_ROOT / "benchmarks" / "predict.py")
     result = subprocess.run(
-        [sys.executable, script, "--rounds", "1", "--json", str(out)],
+        [sys.executable, script, "--rounds", "1", "--dtypes", "float32", "--json", str(out)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
-    assert record["frames"] == 24
+    assert record["frames"] == 24 and "malloc" in record
     runs = {r["run"]: r for r in record["results"]}
-    assert set(runs) == {"forward", "library det", "library mot", "det", "mot"}
+    assert set(runs) == {
+        "forward",
+        "library det",
+        "batch 1",
+        "batch 4",
+        "library insseg",
+        "library mot",
+        "det",
+        "mot",
+        "read disk",
+        "read http",
+    }
     assert runs["forward"]["overhead"] == 0
     for name in ("det", "mot"):
         assert runs[name]["fps"] > 0 and runs[name]["ms_per_frame"] > 0
         library = runs[f"library {name}"]["ms_per_frame"]
         assert runs[name]["overhead_vs_library"] == runs[name]["ms_per_frame"] / library - 1
+    for name in ("batch 1", "batch 4"):  # a batch gives the answers of one by one
+        assert runs[name]["reference"] == "library det"
+        assert runs[name]["agreement"]["matched"] == 1.0
+    assert runs["read http"]["baseline"] == "read disk" and runs["read http"]["fps"] > 0
 
 
 def test_busy_machine_benchmark_times_each_wait_policy_and_thread_count(tmp_path):

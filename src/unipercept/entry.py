@@ -1,6 +1,6 @@
 """What the command-line entry points do before anything else: parse the arguments with usage
-errors as one line, check that ``unipercept`` is this package, and limit OpenMP's spinning
-before torch loads."""
+errors as one line, check that ``unipercept`` is this package, limit OpenMP's spinning before
+torch loads, and set malloc up to keep freed memory for reuse (:mod:`unipercept.allocator`)."""
 
 from __future__ import annotations
 
@@ -34,19 +34,26 @@ def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 
     Returns:
         The arguments, or the exit code to return at once: 0 after ``--help``, 2 after a usage
-        error or when a folder hides the package (both reported).
+        error, when a folder hides the package, or for a bad ``UNIPERCEPT_MALLOC`` (all
+        reported).
     """
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2, reported by the parser)
         return int(exit_.code or 0)
+    logger = getattr(parser, "logger", logging.getLogger("unipercept"))
     if (problem := shadowed_package()) is not None:
-        logger = getattr(parser, "logger", logging.getLogger("unipercept"))
         logger.error("error: %s", problem)
         return 2
+    from unipercept.allocator import configure_malloc
     from unipercept.threads import limit_spinning
 
     limit_spinning()  # before torch loads
+    try:
+        configure_malloc()  # before the work allocates (see unipercept.allocator)
+    except ValueError as error:
+        logger.error("error: %s", error)
+        return 2
     return args
 
 

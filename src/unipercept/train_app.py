@@ -89,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (problem := shadowed_package()) is not None:
         logger.error("error: %s", problem)
         return 2
+    from unipercept.allocator import configure_malloc
+
+    try:
+        configure_malloc()  # as the other commands' entry.start: freed memory kept for reuse
+    except ValueError as error:
+        logger.error("error: %s", error)
+        return 2
     try:
         plan = _preflight(arguments)
     except _Done as done:

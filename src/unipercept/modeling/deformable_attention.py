@@ -92,10 +92,16 @@ class MultiScaleDeformableAttention(nn.Module):
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: divide by (W_l, H_l).
             normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)  # (L, 2)
-            locations = (
-                reference_points[:, :, None, :, None, :]
-                + offsets / normalizer[None, None, None, :, None, :]
-            )  # (B, Q, M, L, P, 2)
+            normalizer = normalizer[None, None, None, :, None, :]
+            if offsets.dtype == reference_points.dtype:
+                locations = reference_points[:, :, None, :, None, :] + offsets / normalizer
+            else:
+                # Under autocast: half-precision offsets, float32 points. One float32 pass
+                # (mixed-dtype division and addition are each a slow casting pass over
+                # B x Q x M x L x P x 2 values, and the division would round to half).
+                scale = normalizer.reciprocal().to(reference_points.dtype)
+                locations = torch.addcmul(reference_points[:, :, None, :, None, :], offsets, scale)
+            # locations: (B, Q, M, L, P, 2)
         elif reference_points.shape[-1] == 4:
             # Offsets are relative to the reference box: half its size at the outermost point.
             locations = (

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from unipercept.modeling.deformable_attention import MultiScaleDeformableAttention
+from unipercept.modeling.heads import in_float32
 from unipercept.modeling.outputs import DecoderStates, MultiScaleFeatures, Queries
 
 
@@ -261,7 +262,7 @@ class DeformableDecoder(nn.Module):
                 x = layer(*arguments)
             hidden.append(x)
             if box_heads is not None:
-                delta = box_heads[index](x)  # (B, Q, 4)
+                delta = in_float32(box_heads[index], x)  # (B, Q, 4)
                 base = undetached if self.look_forward_twice else reference
                 if reference.shape[-1] == 4:
                     boxes = (delta + inverse_sigmoid(base)).sigmoid()

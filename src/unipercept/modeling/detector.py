@@ -16,7 +16,7 @@ from unipercept.modeling.deformable_transformer import (
     inverse_sigmoid,
 )
 from unipercept.modeling.denoising import DenoisingQueries
-from unipercept.modeling.heads import MLP
+from unipercept.modeling.heads import MLP, in_float32
 from unipercept.modeling.neck import MultiScaleNeck
 from unipercept.modeling.outputs import DecoderStates, DenoisingOutput, DetectionOutput
 from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
@@ -145,7 +145,10 @@ class DeformableDETR(nn.Module):
 
     def _predict(self, states: DecoderStates) -> tuple[Tensor, Tensor]:
         logits = torch.stack(
-            [head(h) for head, h in zip(self.class_heads, states.hidden_states, strict=True)]
+            [
+                in_float32(head, h)
+                for head, h in zip(self.class_heads, states.hidden_states, strict=True)
+            ]
         )
         if states.refined_boxes is not None:
             return logits, states.refined_boxes
@@ -153,7 +156,7 @@ class DeformableDETR(nn.Module):
         for layer, (head, hidden) in enumerate(
             zip(self.box_heads, states.hidden_states, strict=True)
         ):
-            delta = head(hidden)  # (B, Q, 4)
+            delta = in_float32(head, hidden)  # (B, Q, 4)
             reference = inverse_sigmoid(states.reference_points[layer])
             if reference.shape[-1] == 4:
                 boxes.append((delta + reference).sigmoid())

@@ -1,9 +1,34 @@
-"""Prediction heads shared by the detector and the prompt-driven model."""
+"""Prediction heads shared by the detector and the prompt-driven model, and
+:func:`in_float32`, which runs a head at full precision under autocast."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def in_float32(head: Callable[..., Any], *inputs: Any) -> Any:
+    """``head(*inputs)``, computed in float32 when autocast is on for the first input's device
+    (floating tensors among ``inputs`` are cast; anything else is passed as it is).
+
+    Box deltas and scores decide which detections win and where their boxes lie: in bfloat16 a
+    box coordinate near 1 moves in steps of 1/256 of the image (2.5 px at 640 px) and nearly
+    tied proposals swap ranks. The heads are a tiny part of the work (a few small matrix
+    products per query), so under autocast they run at full precision, as detectors' heads do
+    under mixed precision elsewhere (mmdetection's ``force_fp32``). Without autocast this is
+    just ``head(*inputs)``.
+    """
+    device_type = inputs[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return head(*inputs)
+    with torch.autocast(device_type, enabled=False):
+        return head(
+            *(x.float() if isinstance(x, Tensor) and x.is_floating_point() else x for x in inputs)
+        )
 
 
 class MLP(nn.Module):

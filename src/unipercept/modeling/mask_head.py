@@ -45,9 +45,11 @@ def dynamic_mask_logits(
     if count == 0:
         return features.new_zeros((0, height, width))
     selected = features[batch_index]  # (M, D, h, w)
-    sizes = image_sizes[batch_index].to(features.dtype)  # (M, 2)
-    ys = (torch.arange(height, device=features.device, dtype=features.dtype) + 0.5) * stride
-    xs = (torch.arange(width, device=features.device, dtype=features.dtype) + 0.5) * stride
+    # Coordinates in float32 whatever the features' dtype: in bfloat16, pixel 600 is rounded
+    # to a multiple of 4.
+    sizes = image_sizes[batch_index].float()  # (M, 2)
+    ys = (torch.arange(height, device=features.device, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(width, device=features.device, dtype=torch.float32) + 0.5) * stride
     relative_x = xs[None, :] / sizes[:, 1:2] - centers[:, 0:1]  # (M, w)
     relative_y = ys[None, :] / sizes[:, 0:1] - centers[:, 1:2]  # (M, h)
     coords = torch.stack(
@@ -57,7 +59,7 @@ def dynamic_mask_logits(
         ),
         1,
     )  # (M, 2, h, w)
-    x = torch.cat((selected, coords), 1).flatten(2)  # (M, D+2, h*w)
+    x = torch.cat((selected, coords.to(selected.dtype)), 1).flatten(2)  # (M, D+2, h*w)
     sizes_of = [(mask_dim + 2) * hidden, hidden * hidden, hidden, hidden, hidden, 1]
     w1, w2, w3, b1, b2, b3 = kernels.split(sizes_of, dim=1)
     x = F.relu(torch.bmm(w1.view(count, hidden, mask_dim + 2), x) + b1[..., None])  # (M, 8, hw)

@@ -75,6 +75,9 @@ class MultiScaleNeck(nn.Module):
             the flattened features of all levels.
         """
         dtype = maps[0].dtype
+        # Positions and valid ratios in float32 at least: under bfloat16 autocast the maps are
+        # bfloat16, in which pixel centres past 128 round to whole pixels.
+        coordinate_dtype = torch.promote_types(dtype, torch.float32)
         projected, masks = [], []
         for level in range(self.num_levels):
             if level < self.num_backbone_levels:
@@ -93,7 +96,8 @@ class MultiScaleNeck(nn.Module):
         for level, (source, mask) in enumerate(zip(projected, masks, strict=True)):
             height, width = source.shape[-2:]
             shapes.append((int(height), int(width)))
-            position = self.position_encoding(mask, dtype=dtype).to(source.dtype)  # (B, C, H, W)
+            position = self.position_encoding(mask, dtype=coordinate_dtype)  # (B, C, H, W)
+            position = position.to(source.dtype)
             tokens.append(source.flatten(2).transpose(1, 2))  # (B, HW, C)
             positions.append(
                 position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
@@ -105,7 +109,7 @@ class MultiScaleNeck(nn.Module):
             (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
         )
         valid_ratios = torch.stack(
-            [_valid_ratio(m, token_tensor.dtype) for m in masks], 1
+            [_valid_ratio(m, coordinate_dtype) for m in masks], 1
         )  # (B, L, 2)
         return MultiScaleFeatures(
             tokens=token_tensor,

@@ -184,9 +184,13 @@ class DecoderOutput:
     def mask_logits(self, layer: int, batch_index: Tensor, query_index: Tensor) -> Tensor:
         """(M, h, w) mask logits of the M queries ``(batch_index[i], query_index[i])`` at
         decoder layer ``layer``, on the padded batch's stride-``mask_stride`` grid."""
+        from unipercept.modeling.heads import in_float32
         from unipercept.modeling.mask_head import dynamic_mask_logits
 
-        return dynamic_mask_logits(
+        # In float32 under autocast, like the box heads: the dynamic convolutions are small,
+        # and mask borders follow the logits' sign.
+        return in_float32(
+            dynamic_mask_logits,
             self.mask_features,
             batch_index,
             self.mask_kernels[layer][batch_index, query_index],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from unipercept.modeling.heads import in_float32
 from unipercept.modeling.outputs import EncoderProposals, MultiScaleFeatures, Queries
 from unipercept.modeling.position_encoding import box_sine_encoding
 
@@ -39,7 +40,7 @@ class StaticQueries(nn.Module):
         return Queries(
             content=content,
             position=position,
-            reference_points=self.reference_points(position).sigmoid(),
+            reference_points=in_float32(self.reference_points, position).sigmoid(),
         ), None
 
 
@@ -115,6 +116,13 @@ class TwoStageQueries(nn.Module):
         self.content = nn.Embedding(num_queries, hidden_dim) if mixed else None
 
     def forward(
+        self, memory: Tensor, features: MultiScaleFeatures
+    ) -> tuple[Queries, EncoderProposals]:
+        # In float32 under autocast: the ranking picks among nearly tied proposals, and their
+        # boxes become the decoder's reference points.
+        return in_float32(self._select, memory, features)
+
+    def _select(
         self, memory: Tensor, features: MultiScaleFeatures
     ) -> tuple[Queries, EncoderProposals]:
         box_logits, usable = encoder_proposals(memory, features)

@@ -39,6 +39,7 @@ _lock = threading.Lock()
 _loaded: bool | None = None
 _load_error: str | None = None
 _reported: set[str] = set()
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def ms_deform_attn_pytorch(
@@ -278,7 +279,11 @@ def ms_deform_attn(
 
     Returns:
         (N, Q, M * D) in value's dtype. Half-precision values are accumulated in float32;
-        locations and weights are used in float32 (float64 for a float64 value).
+        locations and weights are used in float32 (float64 for a float64 value), whatever
+        their own dtype. So under ``torch.autocast`` (bfloat16 or float16 values from the
+        projections before it) the op gives the float32 op's answer on the same inputs, rounded
+        to value's dtype: the CUDA kernel reads half-precision values as they are, the CPU
+        kernel and the PyTorch reference read them converted to float32.
 
     Raises:
         ValueError: naming the argument whose shape, dtype, device or contiguity is wrong.
@@ -292,17 +297,20 @@ def ms_deform_attn(
         check_contents,
     )
     backend = msda_backend(value.device)
+    out_dtype = value.dtype
+    if backend != "cuda" and value.dtype in _HALF_DTYPES:
+        # The CPU kernel and the reference compute in float32: rounded to bfloat16, a location
+        # would move by up to 1/512 of its map (0.3 pixel on a 160-pixel-wide level).
+        value = value.float()
+    coordinate_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
     if backend == "pytorch":
-        return ms_deform_attn_pytorch(
+        output = ms_deform_attn_pytorch(
             value,
             spatial_shapes,
             sampling_locations.to(value.dtype),
             attention_weights.to(value.dtype),
         )
-    out_dtype = value.dtype
-    if backend == "cpu" and value.dtype in (torch.float16, torch.bfloat16):
-        value = value.float()  # the CPU kernel computes in float32 or float64
-    coordinate_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+        return output.to(out_dtype)
     output = torch.ops.unipercept.ms_deform_attn_forward(
         value,
         spatial_shapes,

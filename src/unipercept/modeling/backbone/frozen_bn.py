@@ -35,6 +35,10 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         scale = self.weight * (self.running_var + self.eps).rsqrt()  # (C,)
         shift = self.bias - self.running_mean * scale  # (C,)
+        # In x's dtype: under autocast the convolutions give bfloat16 maps, which float32
+        # buffers would promote to float32 (twice the memory traffic, and a cast back at the
+        # next convolution).
+        scale, shift = scale.to(x.dtype), shift.to(x.dtype)
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
     def extra_repr(self) -> str:

@@ -107,4 +107,11 @@ class HFBackbone(Backbone):
                 parameter.requires_grad_(False)
 
     def forward(self, images: Tensor) -> list[Tensor]:
+        if torch.is_autocast_enabled(images.device.type):
+            # Channels-last input lets oneDNN's reduced-precision convolutions run without
+            # reordering every map (ResNet-50 at 480x640, bfloat16 on CPU: 2.3x faster); the
+            # maps come out channels-last, which the neck takes as they are. float32 keeps the
+            # layout whose results match transformers' to the last bit (channels-last would
+            # make it 8% faster, with float32 rounding differences).
+            images = images.contiguous(memory_format=torch.channels_last)
         return list(self.model(images).feature_maps)
