@@ -3,15 +3,16 @@ result files atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -162,10 +163,20 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as file:
+        file.write(text)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[TextIO]:
+    """A text file written in pieces that appears at ``path`` whole or not at all: written to a
+    temporary file beside it, flushed to disk and renamed; on any failure the temporary file is
+    removed and ``path`` is left as it was."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
+            yield file
             file.flush()
             os.fsync(file.fileno())
         # mkstemp creates the file readable by its owner only; give it what open() would.
@@ -174,7 +185,6 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
 
 
 def is_png_file(path: Path) -> bool:

@@ -3,16 +3,15 @@ them as a stream."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from unipercept.data.io import atomic_file
 from unipercept.predict.job import CATEGORY_TASKS, EXPRESSION_TASKS, Job
 
 
@@ -97,26 +96,6 @@ class Written:
     path: Path
     images: int
     annotations: int
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[TextIO]:
-    """A text file written in pieces that appears at ``path`` whole or not at all: written to a
-    temporary file beside it, flushed to disk and renamed; on any failure the temporary file is
-    removed and ``path`` is left as it was."""
-    from unipercept.data.io import default_permissions
-
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        default_permissions(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_predictions(
