@@ -80,6 +80,20 @@ def test_cfg_job_prints_the_config_and_trains_nothing(tmp_path):
     assert tree(tmp_path) == []  # no run folder, no log
 
 
+def test_cfg_job_of_a_fine_tune_shows_the_model_comes_from_init(tmp_path, monkeypatch, capsys):
+    """A fine-tune builds init's own architecture: its printed config says so, instead of
+    showing the model group's default (which the run does not use)."""
+    from unipercept.train import main
+
+    monkeypatch.chdir(tmp_path)
+    finetune = ["finetune=coco", "data.json=ann.json", "data.images=images", "init=my-model"]
+    assert main(["--cfg", "job", "--resolve", *finetune]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"] == {"from_init": True} and cfg["init"] == "my-model"
+    assert cfg["stage"]["name"] == "finetune"
+    assert tree(tmp_path) == []
+
+
 def test_info_shows_the_defaults_without_running(tmp_path, monkeypatch, capsys):
     from unipercept.train import main
 
@@ -207,8 +221,12 @@ def test_output_dir_holds_everything_of_a_run(data_root, tmp_path, monkeypatch):
         ),
         (["-m", *TINY, "stage.lr=1e-4,2e-4", "output_dir=x"], "give hydra.sweep.dir="),
         (["-m", *TINY, "stage.lr=1e-4,2e-4", "UNIPERCEPT_DATA=/no/such"], "file: not found"),
+        (
+            [*(a for a in TINY if not a.startswith("model=")), "model=from_init"],
+            "model=from_init: only a fine-tune (finetune=coco|refcoco|ytvis|mot) takes its",
+        ),
     ],
-    ids=["stage", "sweep_key", "sweep_job", "sweep_output_dir", "sweep_data"],
+    ids=["stage", "sweep_key", "sweep_job", "sweep_output_dir", "sweep_data", "from_init"],
 )
 def test_config_errors_are_one_line_and_code_2_before_any_work(data_root, tmp_path, args, message):
     env = {"UNIPERCEPT_DATA": str(data_root)}

@@ -293,9 +293,21 @@ def _training_data(
         raise ConfigurationError(f"stage.mixture: {error}") from error
 
 
+def _check_model_option(cfg: DictConfig) -> None:
+    """model=from_init (conf/model/from_init.yaml) only with a fine-tune, whose ``init`` holds
+    the architecture."""
+    if cfg.get("finetune") is None and "from_init" in (cfg.get("model") or {}):
+        raise ConfigurationError(
+            "model=from_init: only a fine-tune (finetune=coco|refcoco|ytvis|mot) takes its "
+            "architecture from init; a training stage needs a model option (model=unipercept, "
+            "unipercept_tiny, ...)"
+        )
+
+
 def _finetune(cfg: DictConfig, checkpoints: Path) -> Finetune | None:
     """The checked fine-tune of ``finetune=...`` (None for a training stage); ``init`` is only
     for a fine-tune."""
+    _check_model_option(cfg)
     if cfg.get("finetune") is None:
         if cfg.get("init") is not None:
             raise ConfigurationError(

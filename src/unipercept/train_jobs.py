@@ -178,10 +178,12 @@ def check(cfg: DictConfig, *, here: bool = True) -> None:
     from unipercept.train import (
         _check_checkpoint_paths,
         _check_device,
+        _check_model_option,
         _check_schedule,
         _initial_weights,
     )
 
+    _check_model_option(cfg)
     _check_schedule(cfg.stage, cfg.trainer.checkpoint_every)
     _initial_weights(cfg.stage.get("init_from"))
     if here:
