@@ -3,6 +3,7 @@ memory for reuse (:func:`unipercept.allocator.keep_freed_memory`, or glibc's env
 
     python benchmarks/allocator.py [--json PATH] [--rounds 3] [--repeats 5]
                                    [--height 480 --width 640] [--workloads ours ours-bf16 ...]
+                                   [--settings "glibc default" ...]
 
 glibc hands an allocation of 32 MiB or more (less until its threshold adapts) its own ``mmap``
 and unmaps it when freed, so each forward pass gets its large activations as fresh pages
@@ -129,6 +130,10 @@ def _child(setting: dict[str, str], keep: bool, args: argparse.Namespace) -> dic
     return report
 
 
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -137,13 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument(
+        "--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="default: all"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
     from record import environment
 
-    reports: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    reports: dict[str, list[dict]] = {name: [] for name in args.settings}
     for _ in range(args.rounds):
-        for name, (setting, keep) in SETTINGS.items():
+        for name in args.settings:
+            setting, keep = SETTINGS[name]
             reports[name].append(_child(setting, keep, args))
     rows = []
     for name, runs in reports.items():
@@ -158,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     default = {r["workload"]: r["ms"] for r in rows if r["setting"] == "glibc default"}
-    for row in rows:
-        row["speedup_vs_default"] = default[row["workload"]] / row["ms"]
+    for row in rows:  # None when glibc's default was not among --settings
+        reference = default.get(row["workload"])
+        row["speedup_vs_default"] = None if reference is None else reference / row["ms"]
     sys.stdout.write(
         f"# {args.height}x{args.width}, median of {args.rounds} rounds of {args.repeats} calls; "
         "tiny-mot per frame; peak RSS of the whole child (all workloads)\n"
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         sys.stdout.write(
             f"| {r['setting']} | {r['workload']} | {r['ms']:.1f} | "
-            f"{r['speedup_vs_default']:.2f}x | {r['faults']:.0f} | {r['peak_rss_mb']:.0f} |\n"
+            f"{_times(r['speedup_vs_default'])} | {r['faults']:.0f} | {r['peak_rss_mb']:.0f} |\n"
         )
     if args.json:
         from unipercept.data.io import write_text_atomic
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             "width": args.width,
             "rounds": args.rounds,
             "repeats": args.repeats,
-            "settings": {name: setting for name, (setting, _) in SETTINGS.items()},
+            "settings": {name: SETTINGS[name][0] for name in args.settings},
             "results": rows,
         }
         write_text_atomic(args.json, json.dumps(payload, indent=2))

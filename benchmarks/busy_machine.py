@@ -2,6 +2,7 @@
 by how OpenMP threads wait and how many there are: what the command line's default is based on.
 
     python benchmarks/busy_machine.py [--json PATH] [--rounds 3] [--burners N] [--frames 24]
+                                      [--settings "one thread" ...]
 
 ``--burners`` processes (default: one) run other PyTorch work, small multi-threaded
 convolutions back to back at torch's default thread count, while, one after another
@@ -92,16 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--burners", type=int, default=1, help="other PyTorch processes")
     parser.add_argument("--frames", type=int, default=24, help="frames of the sample video")
+    parser.add_argument(
+        "--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="default: all"
+    )
     args = parser.parse_args(argv)
 
-    timings: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    timings: dict[str, list[float]] = {name: [] for name in args.settings}
     threads: dict[str, int] = {}
     burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(args.burners)]
     for burner in burners:
         burner.start()
     try:
         for _ in range(args.rounds):
-            for name, (setting, count) in SETTINGS.items():
+            for name in args.settings:
+                setting, count = SETTINGS[name]
                 report = _child(setting, count, args.frames)
                 timings[name].append(report["ms"])
                 threads[name] = report["threads"]

@@ -3,7 +3,7 @@ with the bundled model, against the forward pass alone and against the library c
 same frames; batches, reduced precision, and reading the video as an HTTP stream.
 
     python benchmarks/predict.py [--json PATH] [--rounds 3] [--model unipercept-tiny]
-                                 [--dtypes float32 bfloat16]
+                                 [--dtypes float32 bfloat16] [--frames N]
 
 End to end is :func:`unipercept.predict.run` with the model loaded once: decoding the MP4,
 preprocessing, the forward pass, post-processing (box NMS; for mot the tracker too), the
@@ -91,12 +91,15 @@ def library(model, task: str, frames, names: str, dtype, batch_size: int | None 
     return time.perf_counter() - start, answers
 
 
-def end_to_end(model, task: str, video: Path, names: str, dtype) -> tuple[float, None]:
-    """Seconds for a whole predict job on the video (model already loaded)."""
+def end_to_end(model, task: str, video: Path, names: str, dtype, frames: int) -> tuple[float, None]:
+    """Seconds for a whole predict job on the video's first ``frames`` frames (model already
+    loaded)."""
     from unipercept import predict
     from unipercept.precision import dtype_name
 
-    job = predict.Job(task=task, input=str(video), prompt=names, dtype=dtype_name(dtype))
+    job = predict.Job(
+        task=task, input=str(video), prompt=names, dtype=dtype_name(dtype), max_frames=frames
+    )
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         predict.run(job, Path(out) / "out", model=model)
@@ -135,6 +138,7 @@ def _add(
 
 
 def plan(model, frames, sample, dtypes) -> dict[str, Run]:
+    """The rows for the decoded ``frames`` (the video's first ``len(frames)``)."""
     from stream import read_disk
 
     from unipercept.precision import dtype_name
@@ -164,15 +168,15 @@ def plan(model, frames, sample, dtypes) -> dict[str, Run]:
         add("library mot", lambda d=dtype: library(model, "mot", frames, names, d), answers=True)
         add(
             "det",
-            lambda d=dtype: end_to_end(model, "det", video, names, d),
+            lambda d=dtype: end_to_end(model, "det", video, names, d, len(frames)),
             library="library det",
         )
         add(
             "mot",
-            lambda d=dtype: end_to_end(model, "mot", video, names, d),
+            lambda d=dtype: end_to_end(model, "mot", video, names, d, len(frames)),
             library="library mot",
         )
-    runs["read disk"] = Run(lambda: (read_disk(video)[0], None))
+    runs["read disk"] = Run(lambda: (read_disk(video, len(frames))[0], None))
     return runs
 
 
@@ -193,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="unipercept-tiny")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--malloc", choices=("system", "keep"), default="system")
+    parser.add_argument("--frames", type=int, help="the video's first N frames (default all)")
     args = parser.parse_args(argv)
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be at least 1, got {args.frames}")
     limit_spinning()  # as the command line does, before torch loads: every run below gets it
     if args.malloc == "keep":
         from unipercept.allocator import keep_freed_memory
@@ -215,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     sample = samples()
     with open_frames(sample.video) as source:
-        frames = [frame for _, frame in source]
+        frames = [frame for _, frame in source][: args.frames]
     count = len(frames)
     with served(sample.video) as url:
         runs = plan(model, frames, sample, dtypes)
-        runs["read http"] = Run(lambda: (read_stream(url)[0], None), baseline="read disk")
+        runs["read http"] = Run(lambda: (read_stream(url, count)[0], None), baseline="read disk")
         timings: dict[str, list[float]] = {name: [] for name in runs}
         answers: dict[str, Any] = {}
         for _ in range(args.rounds):

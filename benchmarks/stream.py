@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -32,24 +33,25 @@ def served(path: Path) -> Iterator[str]:
         thread.join()
 
 
-def read_disk(path: Path) -> tuple[float, int]:
-    """Seconds to open the file and decode every frame to an RGB tensor, and the frames."""
+def read_disk(path: Path, frames: int | None = None) -> tuple[float, int]:
+    """Seconds to open the file and decode every frame (or the first ``frames``) to an RGB
+    tensor, and the frames."""
     from unipercept.data.video import open_frames
 
     start = time.perf_counter()
     with open_frames(path) as source:
-        count = sum(1 for _ in source)
+        count = sum(1 for _ in itertools.islice(source, frames))
     return time.perf_counter() - start, count
 
 
-def read_stream(url: str) -> tuple[float, int]:
+def read_stream(url: str, frames: int | None = None) -> tuple[float, int]:
     """The same through :class:`~unipercept.data.video.StreamSource` (connect included)."""
     from unipercept.data.video import StreamSource
 
     start = time.perf_counter()
     source = StreamSource(url)
     try:
-        count = sum(1 for _ in source)
+        count = sum(1 for _ in itertools.islice(source, frames))
     finally:
         source.close()
     return time.perf_counter() - start, count

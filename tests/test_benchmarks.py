@@ -87,6 +87,7 @@ def test_allocator_benchmark_compares_settings_in_separate_processes(tmp_path):
     out = tmp_path / "allocator.json"
     script = str(REPO_ROOT / "benchmarks" / "allocator.py")
     arguments = ["--rounds", "1", "--repeats", "1", "--height", "96", "--width", "128"]
+    arguments += ["--settings", "glibc default", "keep_freed_memory()"]  # a child process each
     result = subprocess.run(
         [sys.executable, script, *arguments, "--workloads", "ours", "--json", str(out)],
         capture_output=True,
@@ -95,11 +96,7 @@ def test_allocator_benchmark_compares_settings_in_separate_processes(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {r["setting"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(rows) == {
-        "glibc default",
-        "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=16GiB",
-        "keep_freed_memory()",
-    }
+    assert set(rows) == {"glibc default", "keep_freed_memory()"}
     assert rows["glibc default"]["speedup_vs_default"] == 1.0
     assert all(r["ms"] > 0 and r["faults"] >= 0 and r["peak_rss_mb"] > 0 for r in rows.values())
 
@@ -169,14 +166,19 @@ def test_predict_benchmark_times_det_and_mot_against_the_forward_pass(tmp_path):
     out = tmp_path / "predict.json"
     script = str(REPO_ROOT / "benchmarks" / "predict.py")
     result = subprocess.run(
-        [sys.executable, script, "--rounds", "1", "--dtypes", "float32", "--json", str(out)],
+        [
+            sys.executable,
+            script,
+            *["--rounds", "1", "--dtypes", "float32", "--frames", "6", "--json"],
+            str(out),
+        ],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
-    assert record["frames"] == 24 and "malloc" in record
+    assert record["frames"] == 6 and "malloc" in record
     runs = {r["run"]: r for r in record["results"]}
     assert set(runs) == {
         "forward",
@@ -211,19 +213,14 @@ def test_busy_machine_benchmark_times_each_wait_policy_and_thread_count(tmp_path
     out = tmp_path / "busy.json"
     script = str(REPO_ROOT / "benchmarks" / "busy_machine.py")
     arguments = ["--rounds", "1", "--burners", "0", "--frames", "3", "--json", str(out)]
+    arguments += ["--settings", "libgomp default", "one thread"]  # each is a child process
     result = subprocess.run(
         [sys.executable, script, *arguments], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
     by_setting = {r["setting"]: r for r in rows}
-    assert set(by_setting) == {
-        "libgomp default",
-        "OMP_WAIT_POLICY=PASSIVE",
-        "GOMP_SPINCOUNT=10000",
-        "GOMP_SPINCOUNT=100000",
-        "one thread",
-    }
+    assert set(by_setting) == {"libgomp default", "one thread"}
     assert by_setting["one thread"]["threads"] == 1
     assert all(r["ms_per_step"] > 0 for r in rows)
 

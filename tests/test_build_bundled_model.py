@@ -37,13 +37,13 @@ def test_the_build_script_trains_every_stage_exports_and_writes_samples(tmp_path
         "--world-size",
         "small",
         "--scale",
-        "0.001",
+        "0.0003",  # one or two steps per stage
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     stages = _script().STAGES
     for stage, _, _, full_steps, *_ in stages:
-        steps = max(1, round(full_steps * 0.001))
+        steps = max(1, round(full_steps * 0.0003))
         assert (work / stage / "checkpoints" / f"step_{steps:08d}" / "model.safetensors").is_file()
 
     model = load_model(out / "unipercept-tiny")

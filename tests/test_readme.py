@@ -48,7 +48,8 @@ def test_the_quickstart_runs_the_main_job(tmp_path):
     assert len(lines) == 2, "two commands: the main job and the tests"
     setup, job = lines[0].split(" && ")
     assert setup == "bash scripts/setup.sh"
-    assert lines[1] == 'bash scripts/setup.sh --dev && python -m pytest -m "not cuda and not slow"'
+    tests = 'python -m pytest -m "not cuda and not slow" -n 2'  # two worker processes (xdist)
+    assert lines[1] == f"bash scripts/setup.sh --dev && {tests}"
     arguments = shlex.split(job)
     assert arguments[:3] == ["python", "-m", "unipercept.predict"]
     out = tmp_path / "predictions"
