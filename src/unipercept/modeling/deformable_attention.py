@@ -90,18 +90,7 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
         weights = F.softmax(weights, -1).view(batch, num_queries, heads, levels, points)
         if reference_points.shape[-1] == 2:
-            # Offsets are in pixels of each level: divide by (W_l, H_l).
-            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)  # (L, 2)
-            normalizer = normalizer[None, None, None, :, None, :]
-            if offsets.dtype == reference_points.dtype:
-                locations = reference_points[:, :, None, :, None, :] + offsets / normalizer
-            else:
-                # Under autocast: half-precision offsets, float32 points. One float32 pass
-                # (mixed-dtype division and addition are each a slow casting pass over
-                # B x Q x M x L x P x 2 values, and the division would round to half).
-                scale = normalizer.reciprocal().to(reference_points.dtype)
-                locations = torch.addcmul(reference_points[:, :, None, :, None, :], offsets, scale)
-            # locations: (B, Q, M, L, P, 2)
+            locations = _point_locations(reference_points, offsets, spatial_shapes)
         elif reference_points.shape[-1] == 4:
             # Offsets are relative to the reference box: half its size at the outermost point.
             locations = (
@@ -122,3 +111,38 @@ class MultiScaleDeformableAttention(nn.Module):
             check_contents=False,
         )
         return self.output_proj(output)  # (B, Q, C)
+
+
+def _point_locations(reference_points: Tensor, offsets: Tensor, spatial_shapes: Tensor) -> Tensor:
+    """Sampling locations ``reference + offset / (W_l, H_l)``: offsets are in pixels of each
+    level.
+
+    Args:
+        reference_points: (B, Q, L, 2) normalised points.
+        offsets: (B, Q, M, L, P, 2) pixel offsets.
+        spatial_shapes: (L, 2) int64 (H_l, W_l).
+
+    Returns:
+        (B, Q, M, L, P, 2), in the points' dtype.
+
+    The points and the per-level sizes are laid out over (L, P x 2) first, so that each
+    broadcast runs over rows of 2P values instead of pairs: the same arithmetic, elementwise,
+    about ten times faster on CPU than broadcasting the (…, 2) shapes directly (the encoder
+    computes B x S x M x L x P x 2 of them in every layer).
+    """
+    batch, queries, heads, levels, points, _ = offsets.shape
+    row = (batch, queries, 1, levels, points * 2)
+    size = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)  # (L, 2): (W, H)
+    size = size[:, None, :].expand(levels, points, 2).reshape(1, 1, 1, levels, points * 2)
+    start = reference_points[:, :, None, :, None, :].expand(batch, queries, 1, levels, points, 2)
+    start = start.reshape(row)
+    flat = offsets.reshape(batch, queries, heads, levels, points * 2)
+    if offsets.dtype == reference_points.dtype:
+        locations = (flat / size.to(offsets.dtype)).add_(start)
+    else:
+        # Under autocast: half-precision offsets, float32 points. One float32 pass (a
+        # mixed-dtype division and addition would each be a casting pass, and the division
+        # would round to half).
+        scale = size.to(reference_points.dtype).reciprocal()
+        locations = torch.addcmul(start, flat, scale)
+    return locations.view(batch, queries, heads, levels, points, 2)

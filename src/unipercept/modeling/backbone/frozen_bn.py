@@ -38,8 +38,13 @@ class FrozenBatchNorm2d(nn.Module):
         # In x's dtype: under autocast the convolutions give bfloat16 maps, which float32
         # buffers would promote to float32 (twice the memory traffic, and a cast back at the
         # next convolution).
-        scale, shift = scale.to(x.dtype), shift.to(x.dtype)
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        scale = scale.to(x.dtype).reshape(1, -1, 1, 1)
+        shift = shift.to(x.dtype).reshape(1, -1, 1, 1)
+        if x.dtype == torch.float32:
+            return x * scale + shift  # as transformers and torchvision compute it
+        # Half precision: one pass over the map instead of two, rounded once (about twice as
+        # fast on CPU).
+        return torch.addcmul(shift, x, scale)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
