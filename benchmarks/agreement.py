@@ -68,7 +68,12 @@ def agreement(reference, candidate, *, min_iou: float = MIN_IOU) -> Agreement:
     """How well ``candidate``'s detections reproduce ``reference``'s (both
     :class:`~unipercept.structures.Instances`, or anything with boxes, scores, labels and
     optionally masks)."""
-    pairs = match(
+    return _agreement(reference, candidate, _pairs(reference, candidate, min_iou))
+
+
+def _pairs(reference, candidate, min_iou: float) -> list[tuple[int, int]]:
+    """:func:`match` on two sets of detections."""
+    return match(
         reference.boxes.float(),
         reference.scores.float(),
         reference.labels,
@@ -77,6 +82,10 @@ def agreement(reference, candidate, *, min_iou: float = MIN_IOU) -> Agreement:
         candidate.labels,
         min_iou=min_iou,
     )
+
+
+def _agreement(reference, candidate, pairs: list[tuple[int, int]]) -> Agreement:
+    """:func:`agreement` given the matched (reference, candidate) index pairs."""
     count = len(reference.boxes)
     if not pairs:
         return Agreement(count, 0.0 if count else 1.0, 0.0, 0.0)
@@ -119,16 +128,8 @@ def track_agreement(reference_frames, candidate_frames, *, min_iou: float = MIN_
     """
     parts, first_seen, consistent, total = [], {}, 0, 0
     for reference, candidate in zip(reference_frames, candidate_frames, strict=True):
-        parts.append(agreement(reference, candidate, min_iou=min_iou))
-        pairs = match(
-            reference.boxes.float(),
-            reference.scores.float(),
-            reference.labels,
-            candidate.boxes.float(),
-            candidate.scores.float(),
-            candidate.labels,
-            min_iou=min_iou,
-        )
+        pairs = _pairs(reference, candidate, min_iou)
+        parts.append(_agreement(reference, candidate, pairs))
         for first, second in pairs:
             ours, theirs = int(reference.track_ids[first]), int(candidate.track_ids[second])
             consistent += first_seen.setdefault(ours, theirs) == theirs
