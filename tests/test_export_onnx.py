@@ -61,7 +61,10 @@ def model():
         dropout=0.0,
         mask_channels=32,
         embedding_dim=16,
+        referring_rescorer=True,
     )
+    with torch.no_grad():  # as if fitted: expression graphs must carry the re-scorer
+        model.rescorer.output.weight.normal_(generator=torch.Generator().manual_seed(1))
     model.preprocess_settings = {"short_size": 64, "max_size": 96}
     return model.eval()
 

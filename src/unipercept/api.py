@@ -336,4 +336,5 @@ def _repeat(embedding: PromptEmbedding, count: int) -> PromptEmbedding:
         valid=embedding.valid.expand(count, -1),
         pooling=embedding.pooling.expand(count, -1, -1),
         class_valid=embedding.class_valid.expand(count, -1),
+        kind=embedding.kind,
     )

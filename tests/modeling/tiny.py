@@ -79,6 +79,7 @@ def tiny_unipercept(
     prompt_conditioned_queries: bool = False,
     num_queries: int = 10,
     annotation_encoder: str = "pooled",
+    referring_rescorer: bool = False,
 ):
     """``annotation_encoder="template"`` gives the annotation prompts a random MobileNetV2
     (the template path shares the image neck, so its channels must match)."""
@@ -112,4 +113,5 @@ def tiny_unipercept(
         # 32 and batch 1.
         annotation_crop_size=128 if annotation_encoder == "template" else 64,
         prompt_conditioned_queries=prompt_conditioned_queries,
+        referring_rescorer=referring_rescorer,
     )

@@ -197,6 +197,7 @@ class PromptedImageModel(nn.Module):
         self.register_buffer("prompt_valid", embedding.valid.clone())
         self.register_buffer("prompt_pooling", embedding.pooling.detach().clone())
         self.register_buffer("prompt_class_valid", embedding.class_valid.clone())
+        self.prompt_kind = embedding.kind
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -229,6 +230,7 @@ class PromptedImageModel(nn.Module):
             valid=self.prompt_valid,
             pooling=self.prompt_pooling,
             class_valid=self.prompt_class_valid,
+            kind=self.prompt_kind,
         )
         output = self.model(batch, embedding)
         logits, quality, boxes = output.logits[-1], output.quality[-1], output.boxes[-1]

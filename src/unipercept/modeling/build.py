@@ -25,6 +25,7 @@ from unipercept.modeling.prompt import (
     TextEncoder,
 )
 from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
+from unipercept.modeling.rescorer import ReferringRescorer
 from unipercept.modeling.unipercept import UniPercept
 from unipercept.modeling.unipercept_heads import UniPerceptHeads
 
@@ -166,6 +167,7 @@ def build_unipercept(
     annotation_context: float = 2.0,
     annotation_encoder: str = "pooled",
     train_only_mask_branch: bool = False,
+    referring_rescorer: bool = False,
 ) -> UniPercept:
     """The prompt-driven model with UNINEXT's defaults (two-stage, box refinement, one Bi-XAtt
     layer).
@@ -182,6 +184,9 @@ def build_unipercept(
             (the default, so folders saved before the option keep loading).
         fusion_layers: Bi-XAtt layers (0 disables early fusion).
         train_only_mask_branch: Mask Frozen-DETR mode (see :meth:`UniPercept.freeze_detector`).
+        referring_rescorer: add a :class:`~unipercept.modeling.rescorer.ReferringRescorer` for
+            expression prompts (it answers as without it until fitted, see
+            :func:`unipercept.engine.rescorer_fit.fit_rescorer`).
 
     Returns:
         the model, randomly initialised apart from the backbones and the text encoder.
@@ -276,6 +281,11 @@ def build_unipercept(
         heads=heads,
         box_refine=box_refine,
         prompt_conditioned_queries=prompt_conditioned_queries,
+        rescorer=(
+            ReferringRescorer(hidden_dim=hidden_dim, num_heads=num_heads)
+            if referring_rescorer
+            else None
+        ),
     )
     if train_only_mask_branch:
         model.freeze_detector()

@@ -44,12 +44,16 @@ class PromptEmbedding:
             an expression or an annotation.
         class_valid: (B, K) bool, False for padding rows when prompts of a batch have
             different numbers of categories.
+        kind: the prompts' kind (``"category"``, ``"expression"``, ``"annotation"``), or None
+            where the maker did not say; an expression's is what turns on the model's
+            referring re-scorer.
     """
 
     tokens: Tensor
     valid: Tensor
     pooling: Tensor
     class_valid: Tensor
+    kind: str | None = None
 
     def class_embeddings(self, tokens: Tensor | None = None) -> Tensor:
         """W: (B, K, C), pooled from ``tokens`` (default: this embedding's own tokens; pass
@@ -58,7 +62,11 @@ class PromptEmbedding:
 
     def replace_tokens(self, tokens: Tensor) -> PromptEmbedding:
         return PromptEmbedding(
-            tokens=tokens, valid=self.valid, pooling=self.pooling, class_valid=self.class_valid
+            tokens=tokens,
+            valid=self.valid,
+            pooling=self.pooling,
+            class_valid=self.class_valid,
+            kind=self.kind,
         )
 
 
@@ -167,6 +175,9 @@ class DecoderOutput:
         class_valid: (B, K) bool, False on padded prompt rows.
         image_sizes: (B, 2) int64 (height, width) of each image inside the padded input.
         encoder: two-stage proposals, or None.
+        prompt_tokens: (B, L, C) the prompt's tokens after early fusion (what a referring
+            re-scorer reads), or None.
+        prompt_valid: (B, L) bool, False on padded prompt tokens, or None.
     """
 
     logits: Tensor
@@ -180,6 +191,8 @@ class DecoderOutput:
     class_valid: Tensor
     image_sizes: Tensor
     encoder: EncoderProposals | None = None
+    prompt_tokens: Tensor | None = None
+    prompt_valid: Tensor | None = None
 
     def mask_logits(self, layer: int, batch_index: Tensor, query_index: Tensor) -> Tensor:
         """(M, h, w) mask logits of the M queries ``(batch_index[i], query_index[i])`` at

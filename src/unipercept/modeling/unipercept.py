@@ -29,6 +29,7 @@ from unipercept.modeling.heads import in_float32
 from unipercept.modeling.neck import MultiScaleNeck
 from unipercept.modeling.outputs import DecoderOutput, PromptEmbedding
 from unipercept.modeling.query_selection import StaticQueries, TwoStageQueries
+from unipercept.modeling.rescorer import ReferringRescorer
 from unipercept.modeling.unipercept_heads import UniPerceptHeads
 from unipercept.structures import ImageBatch, Prompt
 
@@ -52,6 +53,9 @@ class UniPercept(nn.Module):
         box_refine: iterative box refinement with the box heads.
         prompt_conditioned_queries: add a projection of the prompt's mean row of W to every
             query's content (static queries are the default).
+        rescorer: re-scores the last layer's queries for expression prompts (their
+            embedding's ``kind`` is ``"expression"``), seeing all queries' boxes and the words
+            together; None: the retrieval head's scores stand.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class UniPercept(nn.Module):
         heads: UniPerceptHeads,
         box_refine: bool = True,
         prompt_conditioned_queries: bool = False,
+        rescorer: ReferringRescorer | None = None,
     ) -> None:
         super().__init__()
         if isinstance(query_selection, TwoStageQueries) and not box_refine:
@@ -88,6 +93,7 @@ class UniPercept(nn.Module):
         self.box_refine = box_refine
         width = neck.hidden_dim
         self.query_conditioning = nn.Linear(width, width) if prompt_conditioned_queries else None
+        self.rescorer = rescorer
         # Set by from_pretrained: the resolved config, the inference resolution, the folder.
         self.config: dict[str, Any] | None = None
         self.preprocess_settings: dict[str, int] = {}
@@ -173,6 +179,17 @@ class UniPercept(nn.Module):
                 for head, h in zip(self.heads.quality, hidden, strict=True)
             ]
         )
+        if self.rescorer is not None and embedding.kind == "expression" and logits.shape[-1] == 1:
+            rescored = in_float32(
+                self.rescorer,
+                hidden[-1],
+                boxes[-1],
+                logits[-1, ..., 0],
+                quality[-1],
+                prompt_tokens,
+                embedding.valid,
+            )
+            logits = torch.cat((logits[:-1], rescored[None, ..., None]))
         image_sizes = torch.as_tensor(images.image_sizes, device=hidden.device)
         return DecoderOutput(
             logits=logits,
@@ -186,6 +203,8 @@ class UniPercept(nn.Module):
             class_valid=embedding.class_valid,
             image_sizes=image_sizes,
             encoder=proposals,
+            prompt_tokens=prompt_tokens,
+            prompt_valid=embedding.valid,
         )
 
     def _boxes(self, hidden: Tensor, references: tuple[Tensor, ...]) -> Tensor:

@@ -12,7 +12,7 @@ from unipercept.modeling.prompt.text import TextEncoder
 from unipercept.structures import CategoryPrompt, ExpressionPrompt, ImageBatch
 
 
-def _batch(sequences: Sequence[Tensor], rows: Sequence[Tensor]) -> PromptEmbedding:
+def _batch(sequences: Sequence[Tensor], rows: Sequence[Tensor], kind: str) -> PromptEmbedding:
     """Pads per-prompt tokens (L_b, C) and pooling rows (K_b, L_b) into one embedding."""
     batch = len(sequences)
     length = max(s.shape[0] for s in sequences)
@@ -27,7 +27,9 @@ def _batch(sequences: Sequence[Tensor], rows: Sequence[Tensor]) -> PromptEmbeddi
         valid[index, : sequence.shape[0]] = True
         pooling[index, : row.shape[0], : row.shape[1]] = row
         class_valid[index, : row.shape[0]] = True
-    return PromptEmbedding(tokens=tokens, valid=valid, pooling=pooling, class_valid=class_valid)
+    return PromptEmbedding(
+        tokens=tokens, valid=valid, pooling=pooling, class_valid=class_valid, kind=kind
+    )
 
 
 class CategoryPromptEncoder(nn.Module):
@@ -112,7 +114,9 @@ class CategoryPromptEncoder(nn.Module):
             per_vocabulary_rows.append(matrix)
         pick = [vocabularies.index(p.names) for p in prompts]
         return _batch(
-            [per_vocabulary_tokens[i] for i in pick], [per_vocabulary_rows[i] for i in pick]
+            [per_vocabulary_tokens[i] for i in pick],
+            [per_vocabulary_rows[i] for i in pick],
+            self.kind,
         )
 
 
@@ -136,4 +140,4 @@ class ExpressionPromptEncoder(nn.Module):
             tokens = encoded.features[index][encoded.valid[index]]  # (T, C)
             sequences.append(tokens)
             rows.append(tokens.new_full((1, tokens.shape[0]), 1.0 / tokens.shape[0]))
-        return _batch(sequences, rows)
+        return _batch(sequences, rows, self.kind)
