@@ -50,6 +50,8 @@ def test_the_build_script_trains_every_stage_exports_and_writes_samples(tmp_path
     meta = json.loads((out / "unipercept-tiny" / META_FILE).read_text())
     assert meta["preprocess"] == {"short_size": 160, "max_size": 256}
     assert any(name.startswith("prompt_encoders.category.text.") for name in meta["excluded"])
+    # The referring re-scorer is fitted on the final weights and saved with them.
+    assert model.rescorer is not None and "re-scorer:" in result.stderr
     samples = read_samples(out / "samples")
     assert samples.video.is_file() and samples.mask.is_file()
     found = Predictor(model).predict(samples.image, samples.expression, task="rec")

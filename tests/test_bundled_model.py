@@ -91,7 +91,8 @@ def test_det_rec_and_sot_on_an_unseen_world(world, tmp_path, monkeypatch):
         world,
         monkeypatch,
     )
-    assert rec["count"] >= 40 and rec["precision"] >= 0.5, rec
+    # 0.71 without the referring re-scorer, 0.88 with it (51 expressions).
+    assert rec["count"] >= 40 and rec["precision"] >= 0.78, rec
     lasot = str(synthetic / "lasot")
     sot = _scores(
         ["sot", "--gt", lasot, "--images", lasot, "--results", str(tmp_path / "sot")],
