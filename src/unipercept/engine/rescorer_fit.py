@@ -28,13 +28,14 @@ from unipercept.modeling.rescorer import ReferringRescorer
 from unipercept.modeling.unipercept import UniPercept
 from unipercept.structures import ExpressionPrompt
 from unipercept.structures.boxes import box_convert, box_iou
+from unipercept.tasks.rec import ReferringTask
 
 logger = logging.getLogger(__name__)
 
 # A predicted box counts as the target at this IoU (REC's P@0.5).
 HIT_IOU = 0.5
-# The REC task's quality weight (confidence = p^(1-w) * q^w).
-QUALITY_WEIGHT = 0.5
+# The REC task's quality weight (confidence = p^(1-w) * q^w): the fit ranks as it does.
+QUALITY_WEIGHT = ReferringTask().quality_weight
 _SIDES = {"left": "right", "right": "left"}
 
 
