@@ -15,6 +15,7 @@ ENTRY_POINTS = {
     "unipercept.data.synthetic": ["--out", "world", "--seed", "0"],
     "unipercept.train": ["stage=1_pretrain"],
     "unipercept.export": ["run", "out"],
+    "unipercept.fit_rescorer": ["model", "out", "--data", "refcoco"],
 }
 
 
