@@ -59,14 +59,14 @@ def fit(args: argparse.Namespace) -> Path:
 
     from unipercept.api import is_uninext
     from unipercept.engine.rescorer_fit import collect_examples, fit_rescorer
-    from unipercept.evaluate.referring import _referring_spec
+    from unipercept.evaluate.referring import referring_spec
     from unipercept.export.checkpoint import load_model
     from unipercept.modeling.pretrained import save_pretrained
     from unipercept.modeling.rescorer import ReferringRescorer
 
     if args.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    spec = _referring_spec(args.data, args.data_override)
+    spec = referring_spec(args.data, args.data_override)
     model = load_model(args.model)
     if is_uninext(model) or model.config is None:
         raise ValueError(

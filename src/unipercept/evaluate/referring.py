@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from unipercept.structures import Instances
 
 
-def _referring_spec(data: str, overrides: Sequence[str]):
+def referring_spec(data: str, overrides: Sequence[str]):
     """The DatasetSpec of ``conf/data/<data>`` with ``key=value`` overrides; expressions only."""
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -89,7 +89,7 @@ def evaluate_rvos_model(
     from unipercept.evaluation.davis import VosResult, evaluate_sequence
     from unipercept.evaluation.rvos import RefYouTubeVosSubmission
 
-    spec = _referring_spec(data, overrides)
+    spec = referring_spec(data, overrides)
     submission = RefYouTubeVosSubmission(results) if results is not None else None
     objects = []
     for sample in tqdm(spec.read(), desc="rvos", unit="video"):
@@ -132,7 +132,7 @@ def evaluate_referring(
     from unipercept.evaluation.referring import referring_box_precision, referring_mask_iou
     from unipercept.structures.masks import RLEMasks
 
-    spec = _referring_spec(data, overrides)
+    spec = referring_spec(data, overrides)
     predicted, expected = [], []
     for sample in tqdm(spec.read(), desc=task, unit="image"):
         frame = sample.frames[0]
