@@ -37,6 +37,17 @@ def check_count(name: str, value: object) -> int:
     return value
 
 
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a finite float > 0 (a width, a scale).
+
+    Raises:
+        ValueError: a bool, a string, NaN, infinity or a number <= 0, naming it.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 class Task(ABC):
     """A task builds its prompt from user input and reads the model's predictions.
 

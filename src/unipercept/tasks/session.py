@@ -17,11 +17,11 @@ import torch
 from torch import Tensor
 
 from unipercept.data.preprocess import ImagePreprocessor
-from unipercept.modeling.outputs import PromptEmbedding
+from unipercept.modeling.outputs import DecoderOutput, PromptEmbedding
 from unipercept.modeling.prompt import concat_templates, template_embedding
 from unipercept.modeling.unipercept import UniPercept
 from unipercept.precision import autocast, float32_instances
-from unipercept.structures import AnnotationPrompt, Instances, boxes_to_masks
+from unipercept.structures import AnnotationPrompt, ImageBatch, Instances, boxes_to_masks
 from unipercept.tasks.base import boxes_in_original, combined_scores, masks_in_original
 from unipercept.tasks.det import DetectionTask, InstanceSegmentationTask
 from unipercept.tracking.base import Tracker
@@ -169,6 +169,18 @@ class TrackingSession(VideoSession):
         return dataclasses.replace(summary, track_labels=labels)
 
 
+def proximity(boxes: Tensor, last: Tensor, missed: int, sigma: float) -> Tensor:
+    """(N,) how near each of ``boxes`` (N, 4) is to ``last`` (4,), xyxy in the same pixels:
+    ``exp(-d^2 / (2 r^2))``, ``d`` the distance between box centres and
+    ``r = sigma * sqrt(w * h) * (1 + missed)``, ``w, h`` the last box's size (at least 1 px),
+    so that the prior widens with every frame the object was not found."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    centre = (last[:2] + last[2:]) / 2
+    size = ((last[2] - last[0]).clamp(min=1) * (last[3] - last[1]).clamp(min=1)).sqrt()
+    radius = sigma * size * (1 + missed)
+    return torch.exp(-0.5 * ((centres - centre) ** 2).sum(-1) / radius**2)
+
+
 class AnnotationSession(VideoSession):
     """SOT and VOS: per object, the template of its annotation and its latest template; every
     frame the model looks for each object with both (their tokens joined into one prompt, as
@@ -184,6 +196,15 @@ class AnnotationSession(VideoSession):
             (its mask for VOS, its box for SOT). The first template is never replaced. Until
             the first update the latest template is the first one, which answers exactly as the
             first template alone.
+        motion_weight, motion_sigma, motion_threshold: a motion prior on which query is the
+            object (as a Siamese tracker's cosine window): each query's score is weighed by
+            ``(1 - motion_weight) + motion_weight * g`` to choose the answer, ``g`` (see
+            :func:`proximity`) falling off with the distance of its box from the object's last
+            box, in units of ``motion_sigma`` times that box's size. An answer scoring at least
+            ``motion_threshold`` becomes the last box; below it the object counts as missed and
+            the prior widens with every such frame. The reported score, and the
+            ``score_threshold`` test, stay the model's own score of the chosen query. A
+            ``motion_weight`` of 0 chooses by score alone.
     """
 
     def __init__(
@@ -196,6 +217,9 @@ class AnnotationSession(VideoSession):
         score_threshold: float,
         update_interval: int,
         update_threshold: float,
+        motion_weight: float = 0.0,
+        motion_sigma: float = 1.0,
+        motion_threshold: float = 0.0,
     ) -> None:
         super().__init__(model=model, preprocess=preprocess)
         if not prompts:
@@ -205,6 +229,12 @@ class AnnotationSession(VideoSession):
         self.score_threshold = score_threshold
         self.update_interval = update_interval
         self.update_threshold = update_threshold
+        self.motion_weight = motion_weight
+        self.motion_sigma = motion_sigma
+        self.motion_threshold = motion_threshold
+        # Per object: its last found box (original pixels) and the frames missed since.
+        self.last_boxes = torch.stack([p.box.float() for p in prompts]).cpu()  # (K, 4)
+        self.frames_missed = torch.zeros(len(prompts), dtype=torch.int64)  # (K,)
         with torch.no_grad():
             self.first_templates = model.encode_prompts(prompts)
         self.latest_templates = self.first_templates
@@ -237,7 +267,7 @@ class AnnotationSession(VideoSession):
         batch = self.preprocess([frame] * count, self.device)
         output = self.model(batch, self.templates)
         scores = combined_scores(output, 0.5)[..., 0]  # (K, Q)
-        best = scores.argmax(1)  # (K,)
+        best = self._choose(output, batch, scores)  # (K,)
         found = scores[torch.arange(count), best] >= self.score_threshold  # (K,)
         objects = torch.nonzero(found).flatten().tolist()
         boxes, masks = [], []
@@ -246,6 +276,7 @@ class AnnotationSession(VideoSession):
             boxes.append(boxes_in_original(output, batch, k, query)[0])
             if self.with_masks:
                 masks.append(masks_in_original(output, batch, k, query)[0])
+        self._remember(output, batch, scores, best)
         size = (frame.shape[1], frame.shape[2])
         fields = {
             "boxes": torch.stack(boxes) if boxes else torch.zeros(0, 4),
@@ -261,6 +292,38 @@ class AnnotationSession(VideoSession):
         if self.frames_seen % self.update_interval == 0:
             self._update_templates(frame, result)
         return result
+
+    def _choose(self, output: DecoderOutput, batch: ImageBatch, scores: Tensor) -> Tensor:
+        """(K,) each object's answer: its best query by score under the motion prior."""
+        if self.motion_weight == 0:
+            return scores.argmax(1)
+        queries = torch.arange(scores.shape[1], device=scores.device)
+        prior = torch.stack(
+            [
+                proximity(
+                    boxes_in_original(output, batch, k, queries).float(),
+                    self.last_boxes[k].to(scores.device),
+                    int(self.frames_missed[k]),
+                    self.motion_sigma,
+                )
+                for k in range(scores.shape[0])
+            ]
+        )  # (K, Q)
+        weight = self.motion_weight
+        return (scores.float() * ((1 - weight) + weight * prior)).argmax(1)
+
+    def _remember(
+        self, output: DecoderOutput, batch: ImageBatch, scores: Tensor, best: Tensor
+    ) -> None:
+        """The motion prior's memory: answers scoring at least ``motion_threshold`` (found or
+        not by ``score_threshold``) become their object's last box."""
+        # New tensors, not updated in place: a snapshot taken earlier may share the old ones.
+        last, missed = self.last_boxes.clone(), self.frames_missed + 1
+        for k in range(len(best)):
+            if float(scores[k, best[k]]) >= self.motion_threshold:
+                last[k] = boxes_in_original(output, batch, k, best[k].view(1))[0].float().cpu()
+                missed[k] = 0
+        self.last_boxes, self.frames_missed = last, missed
 
     def _update_templates(self, frame: Tensor, result: Instances) -> None:
         for index in range(len(result)):

@@ -12,7 +12,7 @@ from torch import Tensor
 from unipercept.data.preprocess import ImagePreprocessor
 from unipercept.modeling.unipercept import UniPercept
 from unipercept.structures import AnnotationPrompt, CategoryPrompt, ExpressionPrompt, Prompt
-from unipercept.tasks.base import Task, check_count, check_fraction
+from unipercept.tasks.base import Task, check_count, check_fraction, check_positive
 from unipercept.tasks.det import ONE_NAME_PER_OBJECT, DetectionTask, InstanceSegmentationTask
 from unipercept.tasks.session import (
     AnnotationSession,
@@ -43,6 +43,10 @@ class SingleObjectTrackingTask(VideoTask):
         score_threshold: below this the target is reported absent for the frame.
         update_interval, update_threshold: template update (every ``update_interval`` frames,
             when found with at least ``update_threshold``).
+        motion_weight, motion_sigma, motion_threshold: the motion prior that chooses among the
+            queries (:class:`~unipercept.tasks.session.AnnotationSession`); a weight of 0
+            chooses by score alone (the default; a model may set its own, see
+            :mod:`unipercept.tasks.settings`).
     """
 
     name: ClassVar[str] = "sot"
@@ -54,10 +58,16 @@ class SingleObjectTrackingTask(VideoTask):
         score_threshold: float = 0.5,
         update_interval: int = 10,
         update_threshold: float = 0.6,
+        motion_weight: float = 0.0,
+        motion_sigma: float = 1.0,
+        motion_threshold: float = 0.0,
     ) -> None:
         self.score_threshold = check_fraction("score_threshold", score_threshold)
         self.update_interval = check_count("update_interval", update_interval)
         self.update_threshold = check_fraction("update_threshold", update_threshold)
+        self.motion_weight = check_fraction("motion_weight", motion_weight)
+        self.motion_sigma = check_positive("motion_sigma", motion_sigma)
+        self.motion_threshold = check_fraction("motion_threshold", motion_threshold)
 
     def make_prompt(
         self, frame: Tensor, box: Tensor | Sequence[float] | None = None, mask: Tensor | None = None
@@ -82,6 +92,9 @@ class SingleObjectTrackingTask(VideoTask):
             score_threshold=self.score_threshold,
             update_interval=self.update_interval,
             update_threshold=self.update_threshold,
+            motion_weight=self.motion_weight,
+            motion_sigma=self.motion_sigma,
+            motion_threshold=self.motion_threshold,
         )
 
 
