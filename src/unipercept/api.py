@@ -24,6 +24,7 @@ from unipercept.modeling.unipercept import UniPercept
 from unipercept.precision import autocast, float32_instances, parse_dtype
 from unipercept.structures import Instances, Prompt
 from unipercept.tasks import TASKS, ImageTask, Task, VideoSession, VideoTask
+from unipercept.tasks.settings import check_task_settings, keyword_options, task_options
 
 
 def as_image(image: Any) -> Tensor:
@@ -96,27 +97,41 @@ def resolve_task(task: str | Task, *, model: Any = None, **options: Any) -> Task
         return task
     if task not in table:
         raise ValueError(f"unknown task {task!r}; tasks are {sorted(table)}")
+    own = (getattr(model, "task_settings", None) or {}).get(task)
+    if own is not None:
+        # The model's own settings for the task, under the caller's options.
+        given = task_options(task, own, keyword_options(table[task]), _settings_source(model))
+        options = {**given, **options}
     try:
         inspect.signature(table[task]).bind(**options)
     except TypeError:
-        accepted = _options(table[task])
+        accepted = keyword_options(table[task])
         unknown = sorted(set(options) - set(accepted))
         takes = ", ".join(sorted(accepted)) or "no options"
         raise ValueError(f"task {task!r} takes {takes}; not {', '.join(unknown)}") from None
     return table[task](**options)
 
 
-def _options(cls: type) -> set[str]:
-    """The keyword options a task class takes, following ``**kwargs`` to its bases."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        parameters = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in parameters if p.kind == p.KEYWORD_ONLY}
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
-            break
-    return names
+def _settings_source(model: Any) -> str:
+    """Where a model's task settings come from, for errors."""
+    path = getattr(model, "pretrained_path", None)
+    return f"{path}/unipercept.json" if path is not None else "the model's task_settings"
+
+
+def check_model_settings(model: Any) -> None:
+    """Checks a model's own task settings (:mod:`unipercept.tasks.settings`) before any work.
+
+    Raises:
+        ValueError: settings its tasks refuse, naming the model folder and the entry.
+    """
+    settings = getattr(model, "task_settings", None)
+    if not settings:
+        return
+    if is_uninext(model):
+        from unipercept.tasks.uninext import UNINEXT_TASKS as table
+    else:
+        table = TASKS
+    check_task_settings(settings, table, _settings_source(model))
 
 
 class Predictor:
@@ -142,6 +157,7 @@ class Predictor:
         preprocess: ImagePreprocessor | None = None,
         dtype: torch.dtype | str | None = None,
     ) -> None:
+        check_model_settings(model)
         self.model = model.eval()
         self.dtype = parse_dtype(dtype)
         default = getattr(model, "default_preprocess", None)

@@ -211,6 +211,7 @@ def save_pretrained(
         raise ValueError(
             f"preprocess takes {', '.join(sorted(PREPROCESS_KEYS))}, got {sorted(unknown)}"
         )
+    tasks = plain_task_settings(getattr(model, "task_settings", None) or {}, "task_settings")
     state = model.state_dict()  # the model's own tensors: shared ones keep one data_ptr
 
     excluded: dict[str, str] = {}
@@ -251,6 +252,7 @@ def save_pretrained(
         "library_version": __version__,
         "description": description,
         "preprocess": settings,
+        "tasks": tasks,
         "aliases": aliases,
         "excluded": excluded,
     }
@@ -279,6 +281,27 @@ def save_pretrained(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def plain_task_settings(settings: object, source: str) -> dict[str, dict[str, Any]]:
+    """A copy of a model's task settings, checked to be plain data: task names mapped to
+    options of numbers, strings and booleans, or one level deeper (a ``tracker`` entry). What
+    the options mean is checked where the tasks are (``unipercept.tasks.settings``).
+
+    Raises:
+        PretrainedError: anything else, naming ``source``.
+    """
+
+    def plain(value: object, where: str, depth: int) -> Any:
+        if isinstance(value, bool | int | float | str):
+            return value
+        if depth and isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+            return {k: plain(v, f"{where}.{k}", depth - 1) for k, v in value.items()}
+        raise PretrainedError(f"{source}: {where} must be plain data, got {value!r}")
+
+    if not isinstance(settings, Mapping):
+        raise PretrainedError(f"{source}: tasks must map task names to options, got {settings!r}")
+    return {str(task): plain(entry, f"tasks.{task}", 2) for task, entry in settings.items()}
 
 
 def check_destination(folder: Path) -> None:
@@ -432,6 +455,7 @@ def from_pretrained(
     model.load_state_dict(weights, strict=False)
     model.config = container
     model.preprocess_settings = dict(meta.get("preprocess", {}))
+    model.task_settings = plain_task_settings(meta.get("tasks", {}), str(folder / META_FILE))
     model.pretrained_path = folder
     if device is not None:
         model.to(device)

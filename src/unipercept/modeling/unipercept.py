@@ -97,6 +97,8 @@ class UniPercept(nn.Module):
         # Set by from_pretrained: the resolved config, the inference resolution, the folder.
         self.config: dict[str, Any] | None = None
         self.preprocess_settings: dict[str, int] = {}
+        # The model's own task options, plain data per task name (unipercept.tasks.settings).
+        self.task_settings: dict[str, dict[str, Any]] = {}
         self.pretrained_path: Path | None = None
 
     def encode_prompts(
