@@ -49,6 +49,7 @@ def test_the_build_script_trains_every_stage_exports_and_writes_samples(tmp_path
     model = load_model(out / "unipercept-tiny")
     meta = json.loads((out / "unipercept-tiny" / META_FILE).read_text())
     assert meta["preprocess"] == {"short_size": 160, "max_size": 256}
+    assert model.task_settings == meta["tasks"] == _script().TASK_SETTINGS
     assert any(name.startswith("prompt_encoders.category.text.") for name in meta["excluded"])
     # The referring re-scorer is fitted on the final weights and saved with them.
     assert model.rescorer is not None and "re-scorer:" in result.stderr
