@@ -45,9 +45,7 @@ def _tracker_factory(task: str, entry: object, source: str) -> functools.partial
             raise ValueError(f"{where}.{key} must be a number, string or boolean, got {value!r}")
     try:
         tracker(**options)  # a bad option or value fails here, naming itself
-    except TypeError as error:
-        raise ValueError(f"{where}: {error}") from None
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: {error}") from None
     return functools.partial(tracker, **options)
 
