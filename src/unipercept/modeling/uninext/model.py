@@ -118,6 +118,12 @@ class Uninext(nn.Module):
         # "short_size", "max_size", "video_size" the model was saved with (set by its loader).
         self.preprocess_settings: dict[str, int] = {}
 
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute encoder and decoder activations in the backward pass (less memory, more
+        compute; UNINEXT's ``USE_CHECKPOINT``)."""
+        self.transformer.encoder.gradient_checkpointing = enabled
+        self.transformer.decoder.gradient_checkpointing = enabled
+
     @property
     def size_divisibility(self) -> int:
         return int(getattr(self.backbone, "size_divisibility", 0))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from unipercept.modeling.deformable_transformer import (
     DecoderLayer,
@@ -73,6 +74,8 @@ class UninextEncoder(nn.Module):
             raise ValueError(f"{len(vl_layers)} fusion slots for {len(layers)} encoder layers")
         self.vl_layers = nn.ModuleList(vl_layers)
         self.layers = nn.ModuleList(layers)
+        # Recompute each layer's activations in the backward pass (UNINEXT's USE_CHECKPOINT).
+        self.gradient_checkpointing = False
 
     def forward(
         self, features: MultiScaleFeatures, text: Tensor, text_bias: Tensor
@@ -83,7 +86,10 @@ class UninextEncoder(nn.Module):
         for fusion, layer in zip(self.vl_layers, self.layers, strict=True):
             if not isinstance(fusion, nn.Identity):
                 x, text = fusion(x, text, text_bias)
-            x = layer(x, features, reference_points)
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, features, reference_points, use_reentrant=False)
+            else:
+                x = layer(x, features, reference_points)
         return x, text
 
 
@@ -97,6 +103,7 @@ class UninextDecoder(nn.Module):
         self.ref_point_head = MLP(
             input_dim=2 * hidden_dim, hidden_dim=hidden_dim, output_dim=hidden_dim, num_layers=2
         )
+        self.gradient_checkpointing = False
 
     def forward(
         self,
@@ -122,7 +129,12 @@ class UninextDecoder(nn.Module):
             per_level = reference[:, :, None] * ratios[:, None]  # (B, Q, L, 4)
             sine = box_sine_embedding(per_level[:, :, 0]).to(x.dtype)  # (B, Q, 2C)
             position = self.ref_point_head(sine)  # (B, Q, C)
-            x = layer(x, position, per_level, memory, features, None)
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(
+                    layer, x, position, per_level, memory, features, None, use_reentrant=False
+                )
+            else:
+                x = layer(x, position, per_level, memory, features, None)
             boxes = (box_head(x) + inverse_sigmoid(reference)).sigmoid()  # (B, Q, 4)
             hidden.append(x)
             refined.append(boxes)
