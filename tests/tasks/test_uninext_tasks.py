@@ -508,11 +508,11 @@ def test_evaluate_vos_writes_uninexts_label_maps(video_predictor, uninext_case, 
 
 
 def test_evaluate_predictor_for_a_uninext_model(uninext_model) -> None:  # noqa: F811
-    from unipercept.evaluate.predictor import _uninext_predictor
+    from unipercept.evaluate.predictor import uninext_predictor
 
-    own = _uninext_predictor(uninext_model, None, None)
+    own = uninext_predictor(uninext_model, None, None)
     assert (own.preprocess.short_size, own.video_preprocess.short_size) == (800, 480)
-    sized = _uninext_predictor(uninext_model, 96, None)
+    sized = uninext_predictor(uninext_model, 96, None)
     assert isinstance(sized.preprocess, UninextPreprocessor)
     assert (sized.preprocess.short_size, sized.preprocess.max_size) == (96, 1333)
     assert sized.video_preprocess is sized.preprocess

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from unipercept.criterion import UniPerceptCriterion, total_loss
+from unipercept.criterion import UninextCriterion, UniPerceptCriterion, total_loss
 from unipercept.engine.batches import TrainingBatch, TrainingData
 from unipercept.engine.best import BestScore, is_better, save_best
 from unipercept.engine.checkpoint import (
@@ -101,6 +101,35 @@ class TrainingStep(nn.Module):
         return losses
 
 
+class UninextTrainingStep(nn.Module):
+    """A UNINEXT model and :class:`~unipercept.criterion.UninextCriterion` as one module (see
+    :class:`TrainingStep`): prompts encoded as UNINEXT trains on them, every layer's losses on
+    the key frames, and with reference frames, UNINEXT's re-id losses.
+    """
+
+    def __init__(self, model: nn.Module, criterion: UninextCriterion) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, batch: TrainingBatch) -> dict[str, Tensor]:
+        from unipercept.modeling.uninext.training import (
+            encode_training_prompts,
+            reference_outputs,
+            training_outputs,
+        )
+
+        prompts = encode_training_prompts(self.model, batch.prompts)
+        paired = batch.reference_images is not None
+        outputs = training_outputs(self.model, batch.images, prompts, with_embeddings=paired)
+        reference = (
+            reference_outputs(self.model, batch.reference_images, prompts) if paired else None
+        )
+        return self.criterion(
+            outputs, batch.targets, prompts.positive, reference, batch.reference_targets
+        )
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised after too many steps with a NaN or infinite loss."""
 
@@ -132,7 +161,7 @@ class Trainer:
         self,
         *,
         model: nn.Module,
-        criterion: UniPerceptCriterion,
+        criterion: UniPerceptCriterion | UninextCriterion,
         data: TrainingData,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -157,7 +186,11 @@ class Trainer:
         self.best: BestScore | None = None
         self.initial_score: float | None = None
         self._writer = None
-        self.module: nn.Module = TrainingStep(model, self.criterion, settings.embedding_weight)
+        self.module: nn.Module = (
+            UninextTrainingStep(model, self.criterion)
+            if isinstance(self.criterion, UninextCriterion)
+            else TrainingStep(model, self.criterion, settings.embedding_weight)
+        )
         if context.distributed:
             # Batches of different prompt kinds use different encoders and heads: parameters
             # unused in a step must not stall the gradient all-reduce.

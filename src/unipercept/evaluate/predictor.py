@@ -63,7 +63,7 @@ def build_predictor(
             logger.warning("warning: no --weights: the model's weights are as built")
         settings = {}
     if is_uninext(model):
-        return _uninext_predictor(model, short_size, max_size)
+        return uninext_predictor(model, short_size, max_size)
     if short_size is not None:
         settings["short_size"] = short_size
     if max_size is not None:
@@ -71,7 +71,7 @@ def build_predictor(
     return Predictor(model, preprocess=ImagePreprocessor(**settings))
 
 
-def _uninext_predictor(model, short_size: int | None, max_size: int | None) -> Predictor:
+def uninext_predictor(model, short_size: int | None, max_size: int | None) -> Predictor:
     """A UNINEXT model with its UNINEXT preprocessor (its resizing and normalisation), at the
     given sizes or its own."""
     from unipercept.api import Predictor

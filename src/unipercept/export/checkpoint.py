@@ -249,7 +249,8 @@ def model_from_checkpoint(
 
     Returns:
         The model with its weights; ``model.config`` is the config's ``model:`` section,
-        ``model.preprocess_settings`` the training resolution (:func:`preprocess_settings`),
+        ``model.preprocess_settings`` the training resolution (:func:`preprocess_settings`;
+        a UNINEXT model's video resolution too),
         ``model.checkpoint_path`` the checkpoint folder and ``model.checkpoint_step`` its step
         (None when it records none).
 
@@ -292,6 +293,11 @@ def model_from_checkpoint(
             f"({_some(unexpected)})"
         )
     model.config = config["model"]
+    from unipercept.modeling.uninext import Uninext
+
+    if isinstance(model, Uninext) and "short_size" in preprocess:
+        # A UNINEXT model also has a video resolution: the one it was trained and scored at.
+        preprocess["video_size"] = preprocess["short_size"]
     model.preprocess_settings = preprocess
     model.checkpoint_path = folder
     model.checkpoint_step = step

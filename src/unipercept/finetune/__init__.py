@@ -8,7 +8,8 @@ the backbone frozen) and the held-out score; ``init`` names the starting model, 
 config decides the architecture. Part of the data is held out (``data.val_*``, or a fixed
 fraction split off by id), scored every ``finetune.eval_every`` steps with the task's metric,
 and the best-scoring step is kept in ``<output_dir>/checkpoints/best`` (with ``best.json``),
-which ``python -m unipercept.export <output_dir> <model folder>`` then exports.
+which ``python -m unipercept.export <output_dir> <model folder>`` then exports. A UNINEXT
+``init`` trains with UNINEXT's losses (``criterion=uninext``, set by :func:`prepare`).
 
 By concern: :mod:`~unipercept.finetune.job` (the checks, the starting model),
 :mod:`~unipercept.finetune.formats` (the data formats), :mod:`~unipercept.finetune.split`

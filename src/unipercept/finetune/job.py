@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -30,6 +29,9 @@ logger = logging.getLogger(__name__)
 SCALES = (0.8, 0.9, 1.0)
 # The preprocessor's defaults, for a model that records no resolution.
 DEFAULT_RESOLUTION = {"short_size": 800, "max_size": 1333}
+# A UNINEXT model's names for the parts the finetune stage freezes (the unipercept model's text
+# encoder is under prompt_encoders).
+UNINEXT_PARTS = {"prompt_encoders.category.text.model.": "text_encoder."}
 _INIT_KINDS = (
     "a bundled model's name (unipercept-tiny), a model folder (save_pretrained, python -m "
     "unipercept.convert), a training run folder or one of its checkpoint folders"
@@ -97,6 +99,7 @@ def prepare(cfg: DictConfig) -> Finetune:
     """
     source, data = _checked(cfg)
     model = load_initial_model(source)
+    _fit_to_model(cfg, model, source)
     cfg.model = OmegaConf.create(_plain(model.config))
     own = {**DEFAULT_RESOLUTION, **(getattr(model, "preprocess_settings", None) or {})}
     if cfg.trainer.short_sizes is None:
@@ -143,25 +146,43 @@ def _init_source(init: Any) -> str:
             f"init={source}: no such file or folder, nor a bundled model "
             f"({', '.join(bundled_models()) or 'none installed'})"
         )
-    if (path.is_file() and path.suffix in (".pth", ".pt")) or _is_uninext_folder(path):
+    if path.is_file() and path.suffix in (".pth", ".pt"):
         raise ConfigurationError(
-            f"init={source}: a UNINEXT model; fine-tuning trains unipercept models (UNINEXT's "
-            "training losses are not ported), so start from one of: " + _INIT_KINDS
+            f"init={source}: a checkpoint file; convert a UNINEXT checkpoint first (python -m "
+            "unipercept.convert uninext CKPT.pth MODEL_DIR) and start from MODEL_DIR, or from "
+            "one of: " + _INIT_KINDS
         )
     return str(path)
 
 
-def _is_uninext_folder(path: Path) -> bool:
-    """A model folder whose config builds a UNINEXT model (read as plain YAML, built never)."""
-    from unipercept.modeling.pretrained import CONFIG_FILE, META_FILE
+def _fit_to_model(cfg: DictConfig, model: nn.Module, source: str) -> None:
+    """The criterion and frozen parts of the starting model's kind: a UNINEXT model trains with
+    UNINEXT's losses (``criterion=uninext``) and its own module names."""
+    from unipercept.config import config_dir
+    from unipercept.modeling.uninext import Uninext
 
-    if not (path / META_FILE).is_file():
-        return False
-    try:
-        config = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False  # loading reports it, naming the file
-    return isinstance(config, dict) and "uninext" in str(config.get("_target_", ""))
+    target = str(cfg.criterion.get("_target_", ""))
+    is_uninext_criterion = target.endswith("UninextCriterion")
+    if not isinstance(model, Uninext):
+        if is_uninext_criterion:
+            raise ConfigurationError(
+                f"criterion=uninext: UNINEXT's losses train UNINEXT models; init={source} is a "
+                f"{type(model).__name__}"
+            )
+        return
+    if int(cfg.stage.get("video_frames", 1)) > 1 and model.reid_head is None:
+        raise ConfigurationError(
+            f"stage.video_frames={cfg.stage.video_frames}: init={source} is a UNINEXT image "
+            "model (no re-id head) and cannot train association on pairs of frames"
+        )
+    if not is_uninext_criterion:
+        # Read as the file it is (no defaults list): composing would need a second Hydra inside
+        # the running app.
+        cfg.criterion = OmegaConf.load(config_dir() / "criterion" / "uninext.yaml")
+    cfg.stage.frozen = [UNINEXT_PARTS.get(p, p) for p in cfg.stage.get("frozen") or []]
+    cfg.stage.lr_multipliers = {
+        UNINEXT_PARTS.get(p, p): v for p, v in (cfg.stage.get("lr_multipliers") or {}).items()
+    }
 
 
 def load_initial_model(source: str) -> nn.Module:
@@ -175,15 +196,16 @@ def load_initial_model(source: str) -> nn.Module:
     from unipercept import load_model
     from unipercept.modeling import UniPercept
     from unipercept.modeling.pretrained import PretrainedError
+    from unipercept.modeling.uninext import Uninext
 
     try:
         model = load_model(source)
     except (PretrainedError, ValueError, OSError) as error:
         raise ConfigurationError(f"init={source}: {_first_line(error)}") from None
-    if not isinstance(model, UniPercept):
+    if not isinstance(model, UniPercept | Uninext):
         raise ConfigurationError(
-            f"init={source}: a {type(model).__name__}, not a prompt-driven unipercept model "
-            "(which fine-tuning trains)"
+            f"init={source}: a {type(model).__name__}, not a prompt-driven unipercept or "
+            "UNINEXT model (which fine-tuning trains)"
         )
     if getattr(model, "config", None) is None:
         raise ConfigurationError(f"init={source}: the model does not record its config")

@@ -38,9 +38,14 @@ class Resolution:
     max_size: int
 
     def predictor(self, model: nn.Module) -> Predictor:
-        from unipercept.api import Predictor
+        """The model at this resolution, with its own kind of preprocessing (a UNINEXT model
+        with UNINEXT's, as ``python -m unipercept.evaluate`` runs it)."""
+        from unipercept.api import Predictor, is_uninext
         from unipercept.data.preprocess import ImagePreprocessor
+        from unipercept.evaluate.predictor import uninext_predictor
 
+        if is_uninext(model):
+            return uninext_predictor(model, self.short_size, self.max_size)
         preprocess = ImagePreprocessor(short_size=self.short_size, max_size=self.max_size)
         return Predictor(model, preprocess=preprocess)
 
