@@ -498,6 +498,8 @@ def test_a_uninext_model_fine_tunes_with_its_own_losses(world, uninext_init, tmp
     assert isinstance(model, Uninext)
     # Images and videos at the resolution it was trained and scored at (128, not 480).
     assert model.preprocess_settings == {"short_size": 128, "max_size": 192, "video_size": 128}
+    run = load_model(str(output))  # predict --checkpoint RUN: the best checkpoint, as exported
+    assert isinstance(run, Uninext) and run.checkpoint_step == best["step"]
     results = tmp_path / "results.json"
     predict_coco(val, coco / "val", results, with_masks=True, model_name=str(exported))
     assert evaluate_files("insseg", val, results)["segm"]["ap"] == pytest.approx(
