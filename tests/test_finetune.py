@@ -415,7 +415,7 @@ def test_bad_input_stops_with_one_line(world, tiny_model, tmp_path, monkeypatch,
     elif case == "init_uninext":
         init = tmp_path / "uninext_r50.pth"
         init.write_bytes(b"")
-        message = "convert a UNINEXT checkpoint first (python -m unipercept.convert uninext"
+        message = "not a readable checkpoint (truncated or damaged download?)"
     elif case == "one_image":
         data["json"] = rewrite(
             train, tmp_path / "one.json", lambda c: c.update(images=c["images"][:1])
@@ -595,3 +595,24 @@ def test_a_uninext_model_fine_tunes_on_referring_expressions(world, uninext_init
     best = json.loads((output / "checkpoints" / "best.json").read_text())
     assert best["metric"] == "P@0.5" and best["step"] == 2
     assert 0.0 <= best["value"] <= 1.0
+
+
+def test_a_released_uninext_checkpoint_is_an_init(world, uninext_init, fixtures_dir, tmp_path):
+    """A ``.pth`` as UNINEXT releases it is converted on load (here the fixture's, in the
+    released layout), and the run records the converted architecture."""
+    checkpoint = fixtures_dir / "uninext_r50_tiny" / "checkpoint.pth"
+    coco = world / "coco"
+    output = tmp_path / "run"
+    args = finetune_args(
+        output,
+        checkpoint,
+        "finetune=coco",
+        f"data.json={coco / 'annotations/instances_train.json'}",
+        f"data.images={coco / 'train'}",
+        "trainer.short_sizes=[128]",
+        "trainer.max_size=192",
+    )
+    assert main([*args, "stage.max_steps=1", "finetune.eval_every=1"]) == 0
+    recorded = yaml.safe_load((output / "checkpoints" / "best" / "config.yaml").read_text())
+    expected = yaml.safe_load((uninext_init / "config.yaml").read_text())
+    assert recorded["model"] == {**expected, "template_size": 256}  # UNINEXT's default side

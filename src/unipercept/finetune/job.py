@@ -34,7 +34,7 @@ DEFAULT_RESOLUTION = {"short_size": 800, "max_size": 1333}
 UNINEXT_PARTS = {"prompt_encoders.category.text.model.": "text_encoder."}
 _INIT_KINDS = (
     "a bundled model's name (unipercept-tiny), a model folder (save_pretrained, python -m "
-    "unipercept.convert), a training run folder or one of its checkpoint folders"
+    "unipercept.convert), a UNINEXT .pth, a training run folder or one of its checkpoint folders"
 )
 
 
@@ -145,12 +145,6 @@ def _init_source(init: Any) -> str:
         raise ConfigurationError(
             f"init={source}: no such file or folder, nor a bundled model "
             f"({', '.join(bundled_models()) or 'none installed'})"
-        )
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        raise ConfigurationError(
-            f"init={source}: a checkpoint file; convert a UNINEXT checkpoint first (python -m "
-            "unipercept.convert uninext CKPT.pth MODEL_DIR) and start from MODEL_DIR, or from "
-            "one of: " + _INIT_KINDS
         )
     return str(path)
 
