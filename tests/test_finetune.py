@@ -616,3 +616,24 @@ def test_a_released_uninext_checkpoint_is_an_init(world, uninext_init, fixtures_
     recorded = yaml.safe_load((output / "checkpoints" / "best" / "config.yaml").read_text())
     expected = yaml.safe_load((uninext_init / "config.yaml").read_text())
     assert recorded["model"] == {**expected, "template_size": 256}  # UNINEXT's default side
+
+
+def test_a_uninext_model_fine_tunes_on_boxes_alone(world, uninext_init, tmp_path):
+    """``data.masks=false``: no mask losses (BoxInst is not ported), scored by box AP."""
+    coco = world / "coco"
+    output = tmp_path / "run"
+    args = finetune_args(
+        output,
+        uninext_init,
+        "finetune=coco",
+        "data.masks=false",
+        f"data.json={coco / 'annotations/instances_train.json'}",
+        f"data.images={coco / 'train'}",
+    )
+    assert main([*args, "stage.max_steps=2", "finetune.eval_every=2"]) == 0
+    best = json.loads((output / "checkpoints" / "best.json").read_text())
+    assert best["metric"] == "box_ap" and best["step"] == 2
+    before = load_file(str(uninext_init / "model.safetensors"))
+    after = load_file(str(output / "checkpoints" / "best" / "model.safetensors"))
+    mask_branch = [key for key in before if key.startswith("mask_branch.")]
+    assert mask_branch and all(torch.equal(before[k], after[k]) for k in mask_branch)
