@@ -117,6 +117,7 @@ class TrainingOutputs:
             re-id head reads detached decoder states, boxes and memory (UNINEXT's
             ``detach_reid``), so its loss trains the head alone.
         output: the forward pass (the last layer's outputs and the transformer's intermediates).
+        model: the model, whose mask branch :meth:`mask_logits` runs.
     """
 
     logits: Tensor
