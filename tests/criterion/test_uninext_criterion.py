@@ -16,7 +16,7 @@ from unipercept.criterion.uninext_matching import (
     best_queries,
     class_cost,
     hungarian_match,
-    simota_match,
+    simota_assign,
 )
 from unipercept.structures import CategoryPrompt, ExpressionPrompt, ImageBatch, Instances
 
@@ -88,7 +88,7 @@ def test_simota_gives_each_object_its_dynamic_k_best_queries():
     )
     probability = torch.full((len(queries), 4), 0.3)
     positive = torch.tensor([[True, False, False, False], [False, True, True, False]])
-    query_index, target_index = simota_match(probability, queries, positive, targets)
+    query_index, target_index, _ = simota_assign(probability, queries, positive, targets)
     assert query_index.tolist() == sorted(set(query_index.tolist()))  # each query once
     for target in range(2):
         mine = query_index[target_index == target]
@@ -111,7 +111,7 @@ def test_simota_gives_every_object_a_query_when_they_compete():
     queries = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.9, 0.9, 0.05, 0.05], [0.1, 0.1, 0.05, 0.05]])
     probability = torch.full((3, 1), 0.5)
     positive = torch.ones(2, 1, dtype=torch.bool)
-    query_index, target_index = simota_match(probability, queries, positive, targets)
+    query_index, target_index, _ = simota_assign(probability, queries, positive, targets)
     assert sorted(target_index.tolist()) == [0, 1]
     assert len(set(query_index.tolist())) == 2
     assert target_index[query_index == 0].tolist() == [0]  # query 0 fits object 0 exactly
@@ -121,7 +121,7 @@ def test_simota_and_hungarian_with_no_objects():
     probability = torch.rand(5, 3)
     boxes = torch.rand(5, 4)
     empty = torch.zeros(0, 3, dtype=torch.bool)
-    q, t = simota_match(probability, boxes, empty, torch.zeros(0, 4))
+    q, t, _ = simota_assign(probability, boxes, empty, torch.zeros(0, 4))
     assert len(q) == len(t) == 0
     matches = hungarian_match(
         torch.randn(1, 5, 3), boxes[None], [empty], [torch.zeros(0, 4)], cost_class=2.0

@@ -136,9 +136,10 @@ class UninextCriterion(nn.Module):
             raise ValueError(f"got {len(targets)} targets for a batch of {outputs.logits.shape[1]}")
         device = outputs.logits.device
         # An object whose category has no token (beyond the caption's 256) cannot be asked for.
-        keep = [positive[i][t.labels.to(device)].any(-1) for i, t in enumerate(targets)]
-        targets = [t[k.to(t.labels.device)] for t, k in zip(targets, keep, strict=True)]
         rows = [positive[i][t.labels.to(device)] for i, t in enumerate(targets)]  # (T_b, T)
+        keep = [r.any(-1) for r in rows]
+        targets = [t[k.to(t.labels.device)] for t, k in zip(targets, keep, strict=True)]
+        rows = [r[k] for r, k in zip(rows, keep, strict=True)]
         boxes = [normalize_boxes(t.boxes, t.image_size).to(device) for t in targets]
         with_masks = all(t.masks is not None for t in targets)
         losses: dict[str, Tensor] = {}

@@ -144,22 +144,6 @@ def simota_assign(
     return queries, matching[queries].argmax(1), best_queries(matching, cost)
 
 
-def simota_match(
-    probability: Tensor,
-    boxes: Tensor,
-    positive: Tensor,
-    target_boxes: Tensor,
-    *,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
-) -> Match:
-    """The (query_index, target_index) of :func:`simota_assign`."""
-    queries, targets, _ = simota_assign(
-        probability, boxes, positive, target_boxes, alpha=alpha, gamma=gamma
-    )
-    return queries, targets
-
-
 def hungarian_match(
     logits: Tensor,
     boxes: Tensor,
