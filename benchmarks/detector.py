@@ -11,7 +11,9 @@ from it with ``from_hf_deformable_detr``, so the comparison is of implementation
 float32 outputs are checked to agree first. One image per forward, ``torch.no_grad()``, eval
 mode. Calls are interleaved in one process, each timed call right after the same call untimed;
 medians over rounds. In float32 unipercept also runs with the PyTorch reference of the
-deformable attention forced, to show where the difference comes from. ``--dtypes bfloat16``
+deformable attention forced, and in every dtype with ``nn.Linear`` called as it is
+(``unipercept-plain-linear``: ``UNIPERCEPT_LINEAR_FORCE_PYTORCH=1``, no oneDNN fused linear, see
+:mod:`unipercept.ops.linear`), to show where the difference comes from. ``--dtypes bfloat16``
 adds both models under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (weights stay float32).
 
 Answers: the top ``--top-k`` (query, class) detections by score, as transformers'
@@ -40,6 +42,7 @@ from agreement import agreement
 from record import environment, minor_faults
 
 from unipercept.data.io import write_text_atomic
+from unipercept.ops.linear import FORCE_PYTORCH as LINEAR_FORCE_PYTORCH
 from unipercept.precision import autocast, parse_dtype
 
 SHORT = {torch.float32: "", torch.bfloat16: "-bf16", torch.float16: "-fp16"}
@@ -134,15 +137,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    def run_ours(dtype: torch.dtype, force_reference: bool = False) -> Callable[[], object]:
+    def run_ours(dtype: torch.dtype, force: str | None = None) -> Callable[[], object]:
+        """unipercept's forward; ``force`` names a switch to PyTorch's own code for one part."""
+
         def run():
-            if force_reference:
-                os.environ["UNIPERCEPT_MSDA_FORCE_PYTORCH"] = "1"
+            if force is not None:
+                os.environ[force] = "1"
             try:
                 with torch.no_grad(), autocast("cpu", dtype):
                     output = ours(batch)
             finally:
-                os.environ.pop("UNIPERCEPT_MSDA_FORCE_PYTORCH", None)
+                if force is not None:
+                    os.environ.pop(force, None)
             return top_detections(output.logits[-1], output.boxes[-1], size, args.top_k)
 
         return run
@@ -154,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             implementations[f"unipercept{SHORT[dtype]}"] = (dtype, run_ours(dtype))
         implementations[f"transformers{SHORT[dtype]}"] = (dtype, run_hf(dtype))
         if dtype == torch.float32:
-            implementations["unipercept-pytorch-attention"] = (dtype, run_ours(dtype, True))
+            attention = run_ours(dtype, "UNIPERCEPT_MSDA_FORCE_PYTORCH")
+            implementations["unipercept-pytorch-attention"] = (dtype, attention)
+        if compiled:
+            plain = run_ours(dtype, LINEAR_FORCE_PYTORCH)
+            implementations[f"unipercept-plain-linear{SHORT[dtype]}"] = (dtype, plain)
 
     with torch.no_grad():
         reference = hf(pixel_values=pixels, pixel_mask=mask)

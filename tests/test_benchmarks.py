@@ -81,6 +81,10 @@ def test_detector_benchmark_agrees_and_times_both_models(tmp_path):
     if msda_backend("cpu") == "cpu":
         assert records["unipercept"]["top100_matched"] == 1.0
         assert records["unipercept-bf16"]["own_fp32_top100_max_box_px"] < 5.0
+        # The same model with nn.Linear called as it is: the fused linear changes no answer.
+        assert records["unipercept-plain-linear"]["top100_matched"] == 1.0
+        plain_bf16 = records["unipercept-plain-linear-bf16"]
+        assert plain_bf16["dtype"] == "bfloat16" and plain_bf16["own_fp32_top100_max_box_px"] < 5.0
 
 
 def test_allocator_benchmark_compares_settings_in_separate_processes(tmp_path):

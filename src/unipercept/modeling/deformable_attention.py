@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unipercept.ops import ms_deform_attn
+from unipercept.ops.linear import linear
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -84,10 +85,12 @@ class MultiScaleDeformableAttention(nn.Module):
         batch, num_queries, _ = query.shape
         num_values = value.shape[1]
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
-        value = self.value_proj(value).masked_fill(~valid[..., None], 0.0)
+        value = linear(value, self.value_proj).masked_fill(~valid[..., None], 0.0)
         value = value.view(batch, num_values, heads, self.hidden_dim // heads)  # (B, S, M, D)
-        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
-        weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
+        offsets = linear(query, self.sampling_offsets)
+        offsets = offsets.view(batch, num_queries, heads, levels, points, 2)
+        weights = linear(query, self.attention_weights)
+        weights = weights.view(batch, num_queries, heads, levels * points)
         weights = F.softmax(weights, -1).view(batch, num_queries, heads, levels, points)
         if reference_points.shape[-1] == 2:
             locations = _point_locations(reference_points, offsets, spatial_shapes)
@@ -110,7 +113,7 @@ class MultiScaleDeformableAttention(nn.Module):
             weights.contiguous(),
             check_contents=False,
         )
-        return self.output_proj(output)  # (B, Q, C)
+        return linear(output, self.output_proj)  # (B, Q, C)
 
 
 def _point_locations(reference_points: Tensor, offsets: Tensor, spatial_shapes: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from unipercept.modeling.deformable_attention import MultiScaleDeformableAttention
 from unipercept.modeling.heads import in_float32
 from unipercept.modeling.outputs import DecoderStates, MultiScaleFeatures, Queries
+from unipercept.ops.linear import linear
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -39,7 +40,14 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.fc2(self.dropout(self.activation(self.fc1(x)))))
+        if self.training:
+            return self.dropout(self.fc2(self.dropout(self.activation(self.fc1(x)))))
+        # Dropout is the identity at inference, so on CPU the ReLU fuses into the first product.
+        if self.activation is F.relu:
+            hidden = linear(x, self.fc1, "relu")
+        else:
+            hidden = self.activation(linear(x, self.fc1))
+        return linear(hidden, self.fc2)
 
 
 class SelfAttention(nn.Module):
@@ -75,13 +83,13 @@ class SelfAttention(nn.Module):
             return t.view(batch, queries, self.num_heads, head_dim).transpose(1, 2)  # (B, M, Q, D)
 
         attended = F.scaled_dot_product_attention(
-            split(self.q_proj(query_key)),
-            split(self.k_proj(query_key)),
-            split(self.v_proj(x)),
+            split(linear(query_key, self.q_proj)),
+            split(linear(query_key, self.k_proj)),
+            split(linear(x, self.v_proj)),
             attn_mask=None if blocked is None else ~blocked,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, M, Q, D)
-        return self.out_proj(attended.transpose(1, 2).reshape(batch, queries, width))
+        return linear(attended.transpose(1, 2).reshape(batch, queries, width), self.out_proj)
 
 
 class EncoderLayer(nn.Module):
