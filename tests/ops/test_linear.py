@@ -153,3 +153,25 @@ def test_transformer_layers_answer_the_same_fused(monkeypatch, activation):
     assert calls.calls > 0 and unfused_calls.calls == 0
     for got, expected in zip(fused, plain, strict=True):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_traced_graphs_keep_plain_linears():
+    """torch.export (under no_grad, where the fused path would apply) records aten.linear, so
+    that an exported graph runs where oneDNN does not (ONNX)."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ffn = FeedForward(hidden_dim=16, ffn_dim=32).eval()
+
+        def forward(self, x):
+            return self.ffn(x)
+
+    with torch.no_grad():
+        program = torch.export.export(Block(), (torch.randn(1, 5, 16),), strict=True)
+        traced = torch.jit.trace(Block(), torch.randn(1, 5, 16))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert "aten.linear.default" in targets
+    assert not any("mkldnn" in target for target in targets)
+    graph = str(traced.inlined_graph)
+    assert "mkldnn" not in graph and "aten::linear" in graph

@@ -1,7 +1,8 @@
 """A linear layer at inference on CPU as one oneDNN call, with its bias and activation fused.
 
-``F.linear`` with a bias runs on CPU as ``addmm``: it first copies the bias into every row of
-the output, then adds the product, and a following ReLU is another pass over the result. At
+``F.linear`` with a bias runs on CPU as ``addmm``: in float32 it first copies the bias into
+every row of the output, then adds the product, and a following ReLU is another pass over the
+result. At
 the encoder's 6,380 tokens x 1,024 those two passes cost as much as a third of the
 multiplication. oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``, what PyTorch's
 compiler emits for CPU) adds the bias and applies the activation as it writes the product.
@@ -10,7 +11,9 @@ compiler emits for CPU) adds the bias and applies the activation as it writes th
 processor supports it in oneDNN) bfloat16, the autocast dtype if autocast is on; otherwise, or
 with ``UNIPERCEPT_LINEAR_FORCE_PYTORCH=1``, it is ``F.linear`` and the activation. Either way
 the result is the same up to the summation order of a matrix product. A subclass of
-``nn.Linear`` or a layer with forward hooks is always called as the module.
+``nn.Linear`` or a layer with forward hooks is always called as the module, and so is every
+layer while ``torch.compile``, ``torch.export`` or the JIT tracer traces it: the graph keeps
+``aten.linear`` (ONNX has no oneDNN op, and a compiler fuses on its own).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def fused_linear_applies(x: Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()  # an exported graph stays portable
+        and not torch.jit.is_tracing()
         and torch.backends.mkldnn.enabled
         and _compute_dtype(x) in _fused_dtypes()
         and os.environ.get(FORCE_PYTORCH) != "1"
