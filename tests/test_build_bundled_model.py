@@ -7,22 +7,12 @@ import json
 import subprocess
 import sys
 
+from tests.scripts import load_script
 from unipercept.api import Predictor
 from unipercept.assets import read_samples
 from unipercept.modeling.pretrained import META_FILE, load_model
 
 from .conftest import REPO_ROOT
-
-
-def _script():
-    """The build script as a module (its recipe, STAGES)."""
-    import importlib.util
-
-    path = REPO_ROOT / "scripts" / "build_bundled_model.py"
-    spec = importlib.util.spec_from_file_location("build_bundled_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_build_script_trains_every_stage_exports_and_writes_samples(tmp_path):
@@ -41,7 +31,7 @@ def test_the_build_script_trains_every_stage_exports_and_writes_samples(tmp_path
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
-    stages = _script().STAGES
+    stages = load_script("build_bundled_model").STAGES
     for stage, _, _, full_steps, *_ in stages:
         steps = max(1, round(full_steps * 0.0003))
         assert (work / stage / "checkpoints" / f"step_{steps:08d}" / "model.safetensors").is_file()
@@ -49,7 +39,7 @@ def test_the_build_script_trains_every_stage_exports_and_writes_samples(tmp_path
     model = load_model(out / "unipercept-tiny")
     meta = json.loads((out / "unipercept-tiny" / META_FILE).read_text())
     assert meta["preprocess"] == {"short_size": 160, "max_size": 256}
-    assert model.task_settings == meta["tasks"] == _script().TASK_SETTINGS
+    assert model.task_settings == meta["tasks"] == load_script("build_bundled_model").TASK_SETTINGS
     assert any(name.startswith("prompt_encoders.category.text.") for name in meta["excluded"])
     # The referring re-scorer is fitted on the final weights and saved with them.
     assert model.rescorer is not None and "re-scorer:" in result.stderr

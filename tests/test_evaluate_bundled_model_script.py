@@ -3,24 +3,15 @@ never saw, its training splits included, on tiny generated worlds."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
 from unipercept.data.synthetic import generate
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PATH_OPTIONS = ("--gt", "--images", "--sequences")
-
-
-def _script():
-    path = REPO_ROOT / "scripts" / "evaluate_bundled_model.py"
-    spec = importlib.util.spec_from_file_location("evaluate_bundled_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +23,7 @@ def work(tmp_path_factory) -> Path:
 
 def test_training_splits_of_the_trained_world_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _script().main(["--part", "train", "--work", str(tmp_path)])
+        load_script("evaluate_bundled_model").main(["--part", "train", "--work", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "seed 0's training splits are what the bundled model was trained on" in (
         capsys.readouterr().err
@@ -42,7 +33,9 @@ def test_training_splits_of_the_trained_world_are_refused(tmp_path, capsys):
 
 def test_a_world_of_another_seed_is_refused(work, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _script().main(["--seed", "4", "--work", str(work), "--tasks", "mot"])
+        load_script("evaluate_bundled_model").main(
+            ["--seed", "4", "--work", str(work), "--tasks", "mot"]
+        )
     assert exit_info.value.code == 2
     assert "was generated with seed 3, not 4" in capsys.readouterr().err
 
@@ -51,7 +44,7 @@ def test_a_world_of_another_seed_is_refused(work, capsys):
 def test_every_command_reads_the_part_asked_for(work, part):
     world = work / "data" / "synthetic"
     other = {"val": "train", "train": "val"}[part]
-    commands = _script().commands(str(world), "out", "m", part)
+    commands = load_script("evaluate_bundled_model").commands(str(world), "out", "m", part)
     for task, arguments in commands.items():
         paths = [arguments[i + 1] for i, a in enumerate(arguments) if a in PATH_OPTIONS]
         for path in paths:
@@ -74,7 +67,7 @@ def test_every_command_reads_the_part_asked_for(work, part):
 def test_both_parts_score_side_by_side(work, capsys):
     """val then train in one work folder: each part's results and scores stay apart (a stale
     val result would otherwise be refused as a sequence without ground truth)."""
-    script = _script()
+    script = load_script("evaluate_bundled_model")
     for part in ("val", "train"):
         arguments = ["--seed", "3", "--part", part, "--work", str(work), "--tasks", "mot"]
         assert script.main([*arguments, "--model", "copy-first"]) == 0

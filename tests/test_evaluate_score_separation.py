@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.scripts import load_script
 from unipercept import evaluate
 from unipercept.api import Predictor
 
@@ -56,17 +57,6 @@ def _lasot(root: Path, boxes: list[str], occluded: int) -> Path:
     return root
 
 
-def _script(name: str):
-    """A module of ``scripts/`` (not a package), loaded from its file."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sot_copy_first_separation_by_hand(tmp_path, capsys):
     """copy-first answers the first box with score 1 in every frame: frames 1, 2 and 5 are
     hits, frame 3 is a miss (the target moved), frame 4 is absent (occluded)."""
@@ -96,7 +86,7 @@ def test_sot_copy_first_separation_by_hand(tmp_path, capsys):
     assert "score_separation:\n  threshold: 0.500000" in printed
     assert "    threshold: 0.000 0.050 0.100" in printed  # the curve on one line
     # scripts/evaluate_bundled_model.py's score-separation table reads the same json.
-    script = _script("evaluate_bundled_model")
+    script = load_script("evaluate_bundled_model")
     cells = [c.strip() for c in script.separation_row("sot", "copy-first", scores).split("|")]
     auc = f"{scores['success_auc']:.3f}"
     assert cells[1:-1] == [

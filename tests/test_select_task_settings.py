@@ -3,22 +3,12 @@ than the one it was trained and is scored on."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
 from unipercept.data.synthetic import generate
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    path = REPO_ROOT / "scripts" / "select_task_settings.py"
-    spec = importlib.util.spec_from_file_location("select_task_settings", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +20,7 @@ def world(tmp_path_factory) -> Path:
 
 def test_the_trained_and_scored_world_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _script().main(["--seed", "0", "--data", str(tmp_path)])
+        load_script("select_task_settings").main(["--seed", "0", "--data", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "--seed 0 is the world the bundled model was trained and is scored on" in (
         capsys.readouterr().err
@@ -40,11 +30,13 @@ def test_the_trained_and_scored_world_is_refused(tmp_path, capsys):
 
 def test_a_world_of_another_seed_than_asked_is_refused(world):
     with pytest.raises(SystemExit, match="generated with seed 3, not 4"):
-        _script().main(["--seed", "4", "--data", str(world), "--tasks", "mot"])
+        load_script("select_task_settings").main(
+            ["--seed", "4", "--data", str(world), "--tasks", "mot"]
+        )
 
 
 def test_the_settings_tried_are_the_models_settings_in_the_run(world):
-    script = _script()
+    script = load_script("select_task_settings")
     synthetic = world / "synthetic"
     default = script.score("mot", "unipercept-tiny", synthetic, {})
     # A new track needs a score of 1, which no detection has: nothing is tracked.
@@ -54,7 +46,7 @@ def test_the_settings_tried_are_the_models_settings_in_the_run(world):
 
 
 def test_every_grid_includes_the_tasks_own_defaults():
-    grids = _script().GRIDS
+    grids = load_script("select_task_settings").GRIDS
     assert {"motion_weight": 0.0} in grids["vos"] and {"motion_weight": 0.0} in grids["sot"]
     trackers = [entry["tracker"] for entry in grids["mot"]]
     assert {"name": "qdtrack", "init_score_threshold": 0.5, "match_score_threshold": 0.3} in (
