@@ -9,11 +9,14 @@
 #   build       pip install --no-build-isolation --no-deps -e . (CUDA kernels for this GPU's
 #               architecture only), then a check that the compiled op has its CUDA kernel
 #   pytest      python -m pytest -m cuda (every CUDA test), then the deformable-attention tests
-#   msda        benchmarks/msda.py --device cuda, float32 and bfloat16
+#   msda        benchmarks/msda.py --device cuda, float32, bfloat16 and float16
 #   detector    the Deformable-DETR forward (benchmarks/detector.py's models) on CUDA, float32
-#               and bf16 autocast: benchmarks/detector.py itself times the CPU only
+#               and bfloat16 / float16 autocast, each against transformers in the same dtype
+#               and in float32: benchmarks/detector.py itself times the CPU only
 #   train       20 bf16 steps of the tiny model on a generated world (trainer=single_gpu)
-#   predict     python -m unipercept.predict --device cuda on the shipped samples
+#   predict     python -m unipercept.predict --device cuda on the shipped samples, det also
+#               with --dtype bfloat16 and float16 (each sure float32 answer found again on the
+#               same box, IoU >= 0.9, and score, +-0.05)
 # and a summary (RESULTS_DIR/summary.txt); the exit status is 0 only when every step passed.
 #
 # Knobs (environment): STEPS (a subset, e.g. STEPS="pytest msda"), DEVICE (default cuda; cpu
@@ -118,6 +121,8 @@ if wanted msda; then
   run msda-fp32 "$PYTHON" benchmarks/msda.py "${MSDA_FLAGS[@]}" --json "$RESULTS/msda-fp32.json"
   run msda-bf16 "$PYTHON" benchmarks/msda.py "${MSDA_FLAGS[@]}" --dtype bfloat16 \
     --json "$RESULTS/msda-bf16.json"
+  run msda-fp16 "$PYTHON" benchmarks/msda.py "${MSDA_FLAGS[@]}" --dtype float16 \
+    --json "$RESULTS/msda-fp16.json"
 fi
 
 if wanted detector; then
@@ -137,7 +142,7 @@ from unipercept.structures import ImageBatch  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--device", default="cuda")
-parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
 parser.add_argument("--repeats", type=int, default=5)
 parser.add_argument("--height", type=int, default=480)
 parser.add_argument("--width", type=int, default=640)
@@ -150,7 +155,8 @@ ours.to(device)
 image = torch.randn(3, args.height, args.width, generator=torch.Generator().manual_seed(1))
 batch = ImageBatch.from_images([image]).to(device)
 pixels, mask = batch.tensor, batch.valid.long()
-bf16 = args.dtype == "bfloat16"
+dtype = getattr(torch, args.dtype)
+reduced = dtype != torch.float32
 
 
 def sync():
@@ -158,12 +164,12 @@ def sync():
         torch.cuda.synchronize(device)
 
 
-def autocast():
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+def autocast(enabled=True):
+    return torch.autocast(device.type, dtype=dtype, enabled=reduced and enabled)
 
 
-def run_hf():
-    with torch.no_grad(), autocast():
+def run_hf(enabled=True):
+    with torch.no_grad(), autocast(enabled):
         return hf(pixel_values=pixels, pixel_mask=mask).logits
 
 
@@ -184,15 +190,20 @@ backend = msda_backend(device)
 print(f"msda backend on {device}: {backend}")
 runs = {"unipercept": run_ours(False), "unipercept-pytorch-attention": run_ours(True),
         "transformers": run_hf}
-reference = runs["transformers"]().float()
+if reduced:
+    runs["transformers-float32"] = lambda: run_hf(enabled=False)
+reference = run_hf(enabled=False).float()  # transformers in float32
 differences = {}
-for name in ("unipercept", "unipercept-pytorch-attention"):
+for name in ("unipercept", "unipercept-pytorch-attention", "transformers"):
     logits = runs[name]().float()
-    assert torch.isfinite(logits).all(), f"{name}: non-finite logits"
+    assert torch.isfinite(logits).all(), f"{name}: non-finite logits in {args.dtype}"
     differences[name] = (logits - reference).abs().max().item()
-print("max logit difference to transformers:", differences)
-if not bf16 and max(differences.values()) > 1e-3:
+print("max logit difference to transformers in float32:", differences)
+if not reduced and max(differences.values()) > 1e-3:
     raise SystemExit(f"float32 outputs disagree: {differences}")
+if reduced and differences["unipercept"] > 2 * max(differences["transformers"], 0.05):
+    raise SystemExit(f"{args.dtype}: unipercept drifts from float32 far more than transformers "
+                     f"does in {args.dtype}: {differences}")
 times = {name: [] for name in runs}
 for _ in range(args.repeats):
     for name, run in runs.items():
@@ -218,6 +229,8 @@ EOF
     --json "$RESULTS/detector-fp32.json"
   run detector-bf16 "$PYTHON" "$RESULTS/detector_device.py" "${DETECTOR_FLAGS[@]}" \
     --dtype bfloat16 --json "$RESULTS/detector-bf16.json"
+  run detector-fp16 "$PYTHON" "$RESULTS/detector_device.py" "${DETECTOR_FLAGS[@]}" \
+    --dtype float16 --json "$RESULTS/detector-fp16.json"
 fi
 
 if wanted train; then
@@ -240,9 +253,45 @@ if wanted predict; then
   run predict-rvos "$PYTHON" -m unipercept.predict --task rvos \
     --prompt "the green striped triangle" --input src/unipercept/assets/samples/shapes.mp4 \
     --output "$RESULTS/predict-rvos" --save-video --device "$PREDICT_DEVICE" --overwrite
-  run predict-det "$PYTHON" -m unipercept.predict --task det --prompt "circle. square. triangle" \
-    --input src/unipercept/assets/samples/shapes.png --output "$RESULTS/predict-det" \
-    --device "$PREDICT_DEVICE" --overwrite
+  for dtype in float32 bfloat16 float16; do
+    run "predict-det-$dtype" "$PYTHON" -m unipercept.predict --task det \
+      --prompt "circle. square. triangle" --input src/unipercept/assets/samples/shapes.png \
+      --output "$RESULTS/predict-det-$dtype" --device "$PREDICT_DEVICE" --dtype "$dtype" \
+      --overwrite
+  done
+  # Each float32 answer scoring 0.3 or more found again in bfloat16 and float16: the same label
+  # on a box at IoU >= 0.9, the score within 0.05 (benchmarks/agreement.py's matching).
+  cat > "$RESULTS/predict_agree.py" <<'EOF'
+import json, sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, "benchmarks")
+from agreement import agreement  # noqa: E402
+
+
+def answers(folder, min_score=0.0):
+    records = json.loads((Path(folder) / "predictions.json").read_text())["annotations"]
+    records = [r for r in records if r["score"] >= min_score]
+    boxes = [[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in records)]
+    return SimpleNamespace(boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                           scores=torch.tensor([r["score"] for r in records]),
+                           labels=torch.tensor([r["category_id"] for r in records]))
+
+
+reference = answers(sys.argv[1], min_score=0.3)
+assert len(reference.boxes), f"{sys.argv[1]}: no float32 answer scores 0.3 or more"
+failed = False
+for folder in sys.argv[2:]:
+    result = agreement(reference, answers(folder), min_iou=0.9)
+    print(folder, result)
+    failed |= result.matched < 1.0 or result.max_score_drift > 0.05
+sys.exit(1 if failed else 0)
+EOF
+  run predict-det-agree "$PYTHON" "$RESULTS/predict_agree.py" "$RESULTS/predict-det-float32" \
+    "$RESULTS/predict-det-bfloat16" "$RESULTS/predict-det-float16"
 fi
 
 {
