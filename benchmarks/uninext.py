@@ -27,12 +27,15 @@ Workloads, one image per forward, ``torch.no_grad()``, eval mode, inputs from
 
 Variants: ``fp32`` (the compiled deformable-attention op the machine selects), ``fp32-pytorch-
 msda`` (``UNIPERCEPT_MSDA_FORCE_PYTORCH=1``, which the op reads on every call outside
-``torch.compile``) and ``bf16`` (the compiled op under ``torch.autocast("cpu",
-dtype=torch.bfloat16)``; text and template tokens are computed once in float32 and given to
-both). All variants run in one process: one untimed call each, then ``--repeats`` rounds with
-one timed call of each, interleaved; medians. A forward streams gigabytes through memory, so
-no call inherits useful caches from the previous one. Stage times come from forward hooks
-(backbone, the fusion block, the deformable encoder without it, decoder, mask branch, re-id).
+``torch.compile``), ``fp32-plain-linear`` (``UNIPERCEPT_LINEAR_FORCE_PYTORCH=1``: the
+transformer's and the fusion block's ``nn.Linear`` layers called as they are instead of as
+oneDNN's fused linear, :mod:`unipercept.ops.linear`) and ``bf16`` (the compiled op under
+``torch.autocast("cpu", dtype=torch.bfloat16)``; text and template tokens are computed once in
+float32 and given to both). All variants run in one process: one untimed call each, then
+``--repeats`` rounds with one timed call of each, interleaved; medians. A forward streams
+gigabytes through memory, so no call inherits useful caches from the previous one. Stage times
+come from forward hooks (backbone, the fusion block, the deformable encoder without it, decoder,
+mask branch, re-id).
 
 Answers: every variant is compared with ``fp32`` on the same input. Decoder query i starts from
 the encoder's i-th best-scored position (its proposal box) and the i-th learned content
@@ -69,8 +72,11 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_KEYS = REPO_ROOT.parent / "shared" / "fixtures" / "uninext_r50_tiny" / "keys" / "r50.txt"
 FORCE_PYTORCH_ENV = "UNIPERCEPT_MSDA_FORCE_PYTORCH"
+LINEAR_FORCE_PYTORCH_ENV = "UNIPERCEPT_LINEAR_FORCE_PYTORCH"
 NAMES = ("person", "car", "dog", "bicycle", "traffic light")
-VARIANTS = ("fp32", "fp32-pytorch-msda", "bf16")
+VARIANTS = ("fp32", "fp32-pytorch-msda", "fp32-plain-linear", "bf16")
+# The variants that change the transformer only: run on the workloads that have one.
+TRANSFORMER_VARIANTS = ("fp32-pytorch-msda", "fp32-plain-linear")
 MSDA_WORKLOADS = ("video", "sot", "image")
 WORKLOADS = (*MSDA_WORKLOADS, "prompt", "template")
 SIZES = {
@@ -213,9 +219,13 @@ def variant_context(variant: str):
 
     with ExitStack() as stack:
         stack.enter_context(torch.no_grad())
-        if variant == "fp32-pytorch-msda":
-            os.environ[FORCE_PYTORCH_ENV] = "1"
-            stack.callback(os.environ.pop, FORCE_PYTORCH_ENV, None)
+        switch = {
+            "fp32-pytorch-msda": FORCE_PYTORCH_ENV,
+            "fp32-plain-linear": LINEAR_FORCE_PYTORCH_ENV,
+        }.get(variant)
+        if switch is not None:
+            os.environ[switch] = "1"
+            stack.callback(os.environ.pop, switch, None)
         if variant == "bf16":
             stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
         yield
@@ -463,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         (workload, variant)
         for workload in args.workloads
         for variant in VARIANTS
-        if workload in MSDA_WORKLOADS or variant != "fp32-pytorch-msda"
+        if workload in MSDA_WORKLOADS or variant not in TRANSFORMER_VARIANTS
     ]
     outputs, times, stages = time_configs(setup, configs, args.repeats)
     load_after = os.getloadavg()

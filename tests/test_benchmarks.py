@@ -242,6 +242,7 @@ def test_uninext_benchmark_times_each_variant_and_compares_answers(tmp_path):
     assert set(rows) == {
         ("video", "fp32"),
         ("video", "fp32-pytorch-msda"),
+        ("video", "fp32-plain-linear"),
         ("video", "bf16"),
         ("template", "fp32"),
         ("template", "bf16"),
@@ -251,16 +252,18 @@ def test_uninext_benchmark_times_each_variant_and_compares_answers(tmp_path):
     assert {"backbone", "fusion", "encoder", "decoder", "masks", "reid"} <= set(
         rows["video", "fp32"]["stage_ms"]
     )
-    for variant in ("fp32", "fp32-pytorch-msda", "bf16"):
+    for variant in ("fp32", "fp32-pytorch-msda", "fp32-plain-linear", "bf16"):
         memory = rows["video", variant]["memory"]
         assert memory["peak_mb"] >= memory["before_mb"] > 0
     assert rows["template", "fp32"]["memory"] is None
     comparisons = {c["variant"]: c for c in record["comparisons"]}
-    assert set(comparisons) == {"fp32-pytorch-msda", "bf16"}
-    # The PyTorch fallback computes the same function as the compiled op.
-    reference = comparisons["fp32-pytorch-msda"]
-    assert reference["slots_same"] == 1.0 and reference["top10_same_query_class"] == 10
-    assert reference["max_logit_diff"] < 1e-3 and reference["max_box_diff_px"] < 1e-3
+    assert set(comparisons) == {"fp32-pytorch-msda", "fp32-plain-linear", "bf16"}
+    # The PyTorch fallback computes the same function as the compiled op, and nn.Linear the
+    # same as oneDNN's fused linear.
+    for name in ("fp32-pytorch-msda", "fp32-plain-linear"):
+        reference = comparisons[name]
+        assert reference["slots_same"] == 1.0 and reference["top10_same_query_class"] == 10
+        assert reference["max_logit_diff"] < 1e-3 and reference["max_box_diff_px"] < 1e-3
     assert "top-10 same (query, class)" in result.stdout
 
 

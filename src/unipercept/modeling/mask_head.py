@@ -62,9 +62,11 @@ def dynamic_mask_logits(
     x = torch.cat((selected, coords.to(selected.dtype)), 1).flatten(2)  # (M, D+2, h*w)
     sizes_of = [(mask_dim + 2) * hidden, hidden * hidden, hidden, hidden, hidden, 1]
     w1, w2, w3, b1, b2, b3 = kernels.split(sizes_of, dim=1)
-    x = F.relu(torch.bmm(w1.view(count, hidden, mask_dim + 2), x) + b1[..., None])  # (M, 8, hw)
-    x = F.relu(torch.bmm(w2.view(count, hidden, hidden), x) + b2[..., None])  # (M, 8, hw)
-    x = torch.bmm(w3.view(count, 1, hidden), x) + b3[..., None]  # (M, 1, hw)
+    # The bias is added inside each product (baddbmm) and the ReLU done in place: with many
+    # instances these (M, 8, h*w) maps are the mask head's largest tensors.
+    x = torch.baddbmm(b1[..., None], w1.view(count, hidden, mask_dim + 2), x).relu_()  # (M,8,hw)
+    x = torch.baddbmm(b2[..., None], w2.view(count, hidden, hidden), x).relu_()  # (M, 8, hw)
+    x = torch.baddbmm(b3[..., None], w3.view(count, 1, hidden), x)  # (M, 1, hw)
     return x.view(count, height, width)
 
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unipercept.ops.linear import linear
+
 # GLIP's clamp: attention logits are kept within the range of float16.
 _LOGIT_LIMIT = 50000.0
 # The value UNINEXT writes into padded positions of an integer text mask.
@@ -142,10 +144,10 @@ class BiMultiHeadAttention(nn.Module):
             (B, S, Cv) visual update and (B, L, Ct) text update.
         """
         # The query is scaled before the product, as in UNINEXT, for the same rounding.
-        query = self._split(self.v_proj(visual) * self.scale)  # (B, M, S, d)
-        key = self._split(self.l_proj(text))  # (B, M, L, d)
-        visual_value = self._split(self.values_v_proj(visual))  # (B, M, S, d)
-        text_value = self._split(self.values_l_proj(text))  # (B, M, L, d)
+        query = self._split(linear(visual, self.v_proj) * self.scale)  # (B, M, S, d)
+        key = self._split(linear(text, self.l_proj))  # (B, M, L, d)
+        visual_value = self._split(linear(visual, self.values_v_proj))  # (B, M, S, d)
+        text_value = self._split(linear(text, self.values_l_proj))  # (B, M, L, d)
 
         logits = self._clamp(query @ key.transpose(-1, -2))  # (B, M, S, L)
 
@@ -160,8 +162,8 @@ class BiMultiHeadAttention(nn.Module):
 
         to_visual = F.dropout(to_visual, p=self.dropout, training=self.training)
         to_text = F.dropout(to_text, p=self.dropout, training=self.training)
-        visual_update = self.out_v_proj(self._merge(to_visual @ text_value))  # (B, S, Cv)
-        text_update = self.out_l_proj(self._merge(to_text @ visual_value))  # (B, L, Ct)
+        visual_update = linear(self._merge(to_visual @ text_value), self.out_v_proj)  # (B, S, Cv)
+        text_update = linear(self._merge(to_text @ visual_value), self.out_l_proj)  # (B, L, Ct)
         return visual_update, text_update
 
 
