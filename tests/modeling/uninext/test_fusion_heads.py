@@ -317,3 +317,26 @@ def test_encoder_proposals_det(uninext_weights, uninext_config, uninext_case) ->
     num_queries = case["rec.enc.topk_indices"].shape[1]
     top = torch.topk(logits[..., 0], num_queries, dim=1)[1]
     assert torch.equal(top, case["rec.enc.topk_indices"])
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.int64, torch.bool])
+def test_fusion_answers_the_same_with_and_without_gradients(mask_dtype) -> None:
+    """Without gradients the fusion updates its logit map in place; with them it does not.
+    Both give the same outputs (the recorded-output tests above run the first), and the
+    second trains: gradients reach the visual tokens and every projection."""
+    torch.manual_seed(0)
+    fusion = VLFusion(visual_dim=16, text_dim=24, embed_dim=32, num_heads=4).eval()
+    visual, text = torch.randn(2, 40, 16), torch.randn(2, 7, 24)
+    mask = torch.ones(2, 7, dtype=torch.int64)
+    mask[1, 4:] = 0
+    bias = uninext_text_bias(mask if mask_dtype == torch.int64 else mask.bool())
+    with torch.no_grad():
+        expected = fusion(visual, text, bias)
+    visual.requires_grad_(True)
+    got = fusion(visual, text, bias)
+    for a, b in zip(got, expected, strict=True):
+        assert_close(a.detach(), b, atol=1e-6, rtol=1e-6)
+    (got[0].square().sum() + got[1].square().sum()).backward()
+    assert visual.grad is not None and visual.grad.abs().sum() > 0
+    for name, parameter in fusion.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
