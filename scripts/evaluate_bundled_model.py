@@ -16,10 +16,10 @@ it runs; the scores go to ``build/eval/scores/<task>.json`` (the baseline's to
 ``<task>.copy-first.json``) and the table to stdout (and ``--markdown``).
 
 ``--seed N`` scores a world of another seed instead (under ``build/eval-seed<N>``), none of
-which the model has seen, so that ``--part train`` may score its training splits too (results
-and scores under ``results-train`` and ``scores-train``) (16 MOT
-sequences against the held-out 4, for example): more data, to tell whether a difference between
-two models on the held-out splits is more than noise.
+which the model has seen, so that ``--part train`` may score its training splits too: 16 MOT
+sequences against the held-out 4, for example, enough to tell whether a difference between two
+models on the held-out splits is more than noise. Each part keeps its own results and scores
+(``results-train`` and ``scores-train`` for the training splits).
 
 For sot and vos a second table shows how well the answer's score separates hits (IoU >= 0.5
 with a visible target) from misses on the held-out frames, read from the scores json's
